@@ -1,0 +1,25 @@
+"""Settings of the ingest step."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from components.common.strict import StrictModel
+
+
+class IngestConfig(StrictModel):
+    """Which shop log to read and how to clean it.
+
+    ``dataset`` picks the reader: ``online_retail`` reads the bundled parquet sample or a folder
+    of by-day CSV files; ``diginetica`` and ``amazon_beauty`` read those public datasets.
+    """
+
+    dataset: Literal["online_retail", "diginetica", "amazon_beauty"] = "online_retail"
+    # Customers with fewer distinct items than this are dropped: they carry no sequence signal.
+    min_items_per_customer: int = Field(default=2, ge=1)
+    # Items bought by fewer customers than this are dropped from the catalogue and the sequences.
+    min_customers_per_item: int = Field(default=1, ge=1)
+    # Number of price bands (quantiles of the median unit price) used as an item feature.
+    price_bands: int = Field(default=5, ge=1, le=20)
