@@ -104,7 +104,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise InputError(f"artifact is not valid JSON: {exc.msg}", file=str(path), row=exc.lineno) from exc
+        raise InputError(
+            f"artifact is not valid JSON: {exc.msg}", file=str(path), row=exc.lineno
+        ) from exc
 
 
 def read_parquet(path: str | os.PathLike[str], columns: Sequence[str]) -> pd.DataFrame:

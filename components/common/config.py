@@ -16,7 +16,15 @@ from pydantic import Field, ValidationError
 
 from components.common.errors import ConfigError
 from components.common.strict import StrictModel
+from components.deploy.config import DeployConfig
+from components.dp_audit.config import AuditConfig
+from components.export.config import ExportConfig
+from components.fuse.config import FuseConfig
+from components.generate.config import GenerateConfig
 from components.ingest.config import IngestConfig
+from components.register_features.config import FeaturesConfig
+from components.report.config import ReportConfig
+from components.train.config import TrainConfig
 
 
 class RunConfig(StrictModel):
@@ -30,6 +38,14 @@ class RunConfig(StrictModel):
 class RecsynthConfig(StrictModel):
     run: RunConfig = RunConfig()
     ingest: IngestConfig = IngestConfig()
+    generate: GenerateConfig = GenerateConfig()
+    fuse: FuseConfig = FuseConfig()
+    train: TrainConfig = TrainConfig()
+    dp_audit: AuditConfig = AuditConfig()
+    export: ExportConfig = ExportConfig()
+    register_features: FeaturesConfig = FeaturesConfig()
+    deploy: DeployConfig = DeployConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> RecsynthConfig:

@@ -22,7 +22,9 @@ class InputError(RecsynthError):
         self.column = column
         self.row = row
         where = ", ".join(
-            f"{k}={v}" for k, v in (("file", file), ("column", column), ("row", row)) if v is not None
+            f"{k}={v}"
+            for k, v in (("file", file), ("column", column), ("row", row))
+            if v is not None
         )
         super().__init__(f"{message} ({where})" if where else message)
 

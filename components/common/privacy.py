@@ -60,8 +60,11 @@ def validate_accounting_inputs(
 ) -> None:
     """Raise :class:`PrivacyError` listing every invalid accounting input at once."""
     problems = []
-    for name, value in (("noise_multiplier", noise_multiplier), ("sample_rate", sample_rate),
-                        ("delta", delta)):
+    for name, value in (
+        ("noise_multiplier", noise_multiplier),
+        ("sample_rate", sample_rate),
+        ("delta", delta),
+    ):
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             problems.append(f"{name}={value!r} must be a finite number")
     if not problems:

@@ -1,0 +1,1 @@
+"""The dp_audit step."""
