@@ -1,0 +1,50 @@
+# recsynth: the two commands of the quick start are `make demo` and `make test`.
+# Both create the virtual environment on first use; nothing else needs to be installed by hand.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.recsynth-installed
+CONFIG ?= configs/demo.yaml
+SOURCE ?= bundled
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast stop status lint compile clean
+
+install: $(STAMP)
+
+# torch goes first and alone: a loose torch requirement would pull a multi-GB CUDA build.
+$(STAMP): requirements/torch.txt requirements/base.txt requirements/dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/torch.txt
+	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m pipelines.demo --config $(CONFIG) --source $(SOURCE)
+
+test: $(STAMP)
+	bash scripts/test-services.sh start
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; bash scripts/test-services.sh stop; exit $$rc
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+stop: $(STAMP)
+	$(PY) -m components.deploy.control stop
+
+status: $(STAMP)
+	$(PY) -m components.deploy.control status
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+compile: $(STAMP)
+	$(PY) -m pipelines.compile --output build/recsynth-pipeline.yaml
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
