@@ -79,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     n_days, data = best
     args.out.write_bytes(data)
     sample = pd.concat(days[:n_days], ignore_index=True)
+    n_customers, n_codes = sample["CustomerID"].nunique(), sample["StockCode"].nunique()
     print(
         f"wrote {args.out} ({len(data) / 1e6:.2f} MB): {n_days} days "
         f"{files[0].stem} .. {files[n_days - 1].stem}, {len(sample)} rows, "
-        f"{sample['CustomerID'].nunique()} customer ids, {sample['StockCode'].nunique()} stock codes"
+        f"{n_customers} customer ids, {n_codes} stock codes"
     )
     return 0
 

@@ -270,10 +270,13 @@ def load_amazon_beauty(path: Path) -> pd.DataFrame:
         fields = line.split()
         if not fields:
             continue
-        bad = next((f for f in fields if not f.isdigit()), None)
+        bad = next((pos for pos, f in enumerate(fields) if not f.isdigit()), None)
         if bad is not None:
             raise InputError(
-                f"value {bad!r} is not an integer id", file=str(file), column="user/item", row=lineno
+                f"value {fields[bad]!r} is not an integer id",
+                file=str(file),
+                column="user_id" if bad == 0 else "item_id",
+                row=lineno,
             )
         user, seq = fields[0], fields[1:]
         users.extend([user] * len(seq))
@@ -307,7 +310,7 @@ def load_amazon_beauty(path: Path) -> pd.DataFrame:
             "customer_id": users,
             "item_id": items,
             "invoice_id": [f"{u}:{p}" for u, p in zip(users, positions, strict=True)],
-            "ts": (BEAUTY_EPOCH + pd.to_timedelta(pos, unit="h")).astype("datetime64[ns, UTC]"),
+            "ts": BEAUTY_EPOCH + pd.to_timedelta(pos * BEAUTY_STEP.value, unit="ns"),
             "quantity": np.ones(len(items), dtype=np.int64),
             "unit_price": np.zeros(len(items), dtype=np.float64),
             "country": UNKNOWN_COUNTRY,
