@@ -218,8 +218,17 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("non_product_code", non_product_code),
     ("missing_description", missing_description),
 )
+WINDOW_RULE = "outside_max_days"
 MIN_ITEMS_RULE = "min_items_per_customer"
 MIN_CUSTOMERS_RULE = "min_customers_per_item"
+
+
+def outside_max_days(ts: pd.Series, max_days: int | None) -> pd.Series:
+    """Rows after the first ``max_days`` UTC calendar days from the earliest one (None: none)."""
+    if max_days is None or ts.empty:
+        return pd.Series(False, index=ts.index)
+    days = ts.dt.tz_convert("UTC").dt.floor("D")
+    return days >= days.min() + pd.Timedelta(days=max_days)
 
 
 def apply_rules(

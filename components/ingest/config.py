@@ -23,3 +23,7 @@ class IngestConfig(StrictModel):
     min_customers_per_item: int = Field(default=1, ge=1)
     # Number of price bands (quantiles of the median unit price) used as an item feature.
     price_bands: int = Field(default=5, ge=1, le=20)
+    # Keep only the first N calendar days (UTC) from the earliest event, before any other rule:
+    # a small, contiguous slice for fast tests. None keeps everything. Rows outside the window
+    # are reported under the rule "outside_max_days".
+    max_days: int | None = Field(default=None, ge=1)

@@ -85,15 +85,27 @@ def load_events(cfg: IngestConfig, path: Path) -> tuple[pd.DataFrame, int, dict[
     if cfg.dataset == "online_retail":
         raw = loaders.read_online_retail(path)
         typed = cleaning.parse_online_retail(raw)
-        kept, dropped = cleaning.apply_rules(typed)
-        return kept.loc[:, list(loaders.STANDARD_COLUMNS)], len(raw), dropped
-    if cfg.dataset == "diginetica":
-        events = loaders.load_diginetica(path)
+        rows_read = len(raw)
+    elif cfg.dataset == "diginetica":
+        typed = loaders.load_diginetica(path)
+        rows_read = len(typed)
     else:
-        events = loaders.load_amazon_beauty(path)
-    # These datasets are clean; the one rule that can still apply is an exact repeat.
-    dup = events.duplicated(subset=["customer_id", "item_id", "invoice_id", "ts"])
-    return events.loc[~dup], len(events), {"duplicate_row": int(dup.sum())}
+        typed = loaders.load_amazon_beauty(path)
+        rows_read = len(typed)
+
+    # the optional window comes first, so every later count is within the slice
+    outside = cleaning.outside_max_days(typed["ts"], cfg.max_days)
+    dropped = {cleaning.WINDOW_RULE: int(outside.sum())}
+    typed = typed.loc[~outside]
+
+    if cfg.dataset == "online_retail":
+        kept, counts = cleaning.apply_rules(typed)
+    else:
+        # These datasets are clean; the one rule that can still apply is an exact repeat.
+        dup = typed.duplicated(subset=["customer_id", "item_id", "invoice_id", "ts"])
+        kept, counts = typed.loc[~dup], {"duplicate_row": int(dup.sum())}
+    dropped.update(counts)
+    return kept.loc[:, list(loaders.STANDARD_COLUMNS)], rows_read, dropped
 
 
 def build_items(events: pd.DataFrame, price_bands: int) -> pd.DataFrame:

@@ -329,9 +329,11 @@ def test_run_report_counts_add_up(cleaned_slice: Path, bundled_slice: Path) -> N
     assert report["rows_read"] == 20_000
     assert report["rows_read"] == report["rows_kept"] + sum(report["dropped"].values())
     assert set(report["dropped"]) == {name for name, _ in cleaning.RULES} | {
+        cleaning.WINDOW_RULE,
         cleaning.MIN_ITEMS_RULE,
         cleaning.MIN_CUSTOMERS_RULE,
     }
+    assert report["rules"][0] == cleaning.WINDOW_RULE
     assert report["dropped"]["missing_customer_id"] > 0
     assert report["dropped"]["cancellation"] > 0
     assert report["n_events"] == report["rows_kept"] == len(events)
@@ -346,6 +348,16 @@ def test_run_report_counts_add_up(cleaned_slice: Path, bundled_slice: Path) -> N
     assert not events["invoice_id"].str.startswith("C").any()
     assert (events["quantity"] > 0).all() and (events["unit_price"] > 0).all()
     assert events["ts"].is_monotonic_increasing
+
+
+def test_max_days_keeps_a_contiguous_slice(bundled_slice: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cleaned"
+    report = logic.run(IngestConfig(max_days=3), str(bundled_slice), out)
+    events = pd.read_parquet(out / artifacts.EVENTS)
+    assert events["ts"].min() >= pd.Timestamp("2010-12-01", tz="UTC")
+    assert events["ts"].max() < pd.Timestamp("2010-12-04", tz="UTC")
+    assert report["dropped"][cleaning.WINDOW_RULE] > 0
+    assert report["rows_read"] == report["rows_kept"] + sum(report["dropped"].values())
 
 
 def test_sequences_follow_first_purchase_order(cleaned_slice: Path) -> None:
@@ -515,3 +527,23 @@ def test_amazon_beauty_loader_on_shared_files() -> None:
     steps = events.groupby("customer_id", sort=False)["ts"].diff().dropna()
     assert (steps > pd.Timedelta(0)).all()
     assert events["description"].str.startswith("attributes ").all()
+
+
+def test_parquet_with_natural_types_reads_like_the_raw_strings(
+    cleaned_slice: Path, bundled_slice: Path, tmp_path: Path
+) -> None:
+    # the same rows as a pandas export with numbers and datetimes instead of text
+    raw = pd.read_parquet(bundled_slice)
+    natural = raw.assign(
+        Quantity=raw["Quantity"].astype("int64"),
+        UnitPrice=raw["UnitPrice"].astype("float64"),
+        CustomerID=raw["CustomerID"].astype("float64"),
+        InvoiceDate=pd.to_datetime(raw["InvoiceDate"]),
+    )
+    natural.to_parquet(tmp_path / "natural.parquet", index=False)
+    report = logic.run(
+        IngestConfig(price_bands=4), str(tmp_path / "natural.parquet"), tmp_path / "c"
+    )
+    expected = json.loads((cleaned_slice / artifacts.CLEANING_REPORT).read_text())
+    assert report["dataset_sha256"] == expected["dataset_sha256"]
+    assert report["dropped"] == expected["dropped"]
