@@ -60,12 +60,30 @@ _FLOAT_ID = re.compile(r"^([+-]?\d+)\.0*$")
 _SPACES = re.compile(r"\s+")
 
 
+def _map_unique(values: pd.Series, fn: Callable[[str | None], str | None]) -> pd.Series:
+    """Apply ``fn`` once per distinct value (ids and descriptions repeat a lot); NaN is None."""
+    values = values.astype(object).where(values.notna(), None)
+    mapping = {value: fn(value) for value in pd.unique(values)}
+    return values.map(mapping).astype(object)
+
+
+def _normalise_one_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return _FLOAT_ID.sub(r"\1", text) if text else None
+
+
 def normalise_id(values: pd.Series) -> pd.Series:
     """Strip ids and drop a float export's ``.0`` ("17850.0" -> "17850"); blanks become None."""
-    text = values.astype(object).where(values.notna(), None)
-    text = text.map(lambda v: None if v is None else str(v).strip())
-    text = text.map(lambda v: None if not v else _FLOAT_ID.sub(r"\1", v))
-    return text
+    return _map_unique(values, _normalise_one_id)
+
+
+def _clean_one_text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = _SPACES.sub(" ", str(value)).strip()
+    return text or None
 
 
 def clean_text(values: pd.Series) -> pd.Series:
@@ -73,14 +91,7 @@ def clean_text(values: pd.Series) -> pd.Series:
 
     Case and non-ASCII characters ("£") are kept: they are part of the product text.
     """
-
-    def one(value: object) -> str | None:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            return None
-        text = _SPACES.sub(" ", str(value)).strip()
-        return text or None
-
-    return values.astype(object).map(one)
+    return _map_unique(values, _clean_one_text)
 
 
 def _fail(raw: pd.DataFrame, mask: pd.Series, column: str, allowed: str) -> None:
