@@ -1,0 +1,1 @@
+"""The recsynth KFP pipeline: its definition, the local runner, compile and submit."""

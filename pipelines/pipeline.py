@@ -1,0 +1,112 @@
+"""The recsynth pipeline: nine steps, deployment gated on the DP audit.
+
+::
+
+    ingest -> generate -> fuse -> train -> dp_audit
+        passed:   export -> register_features -> deploy -> report (deployed)
+        failed:   report (deployment blocked)
+
+The gate is a ``dsl.If`` on dp_audit's ``passed`` output with a ``dsl.Else``. Each branch ends in
+its own report task: the passed branch hands the report the export, feature store and deployment
+artifacts; the failed branch leaves those optional inputs unset, so the report says deployment was
+blocked. Deploy sits inside the passed branch only, so a failed audit never touches the servers
+that are running.
+"""
+
+from kfp import dsl
+
+from components.deploy.component import deploy
+from components.dp_audit.component import dp_audit
+from components.export.component import export
+from components.fuse.component import fuse
+from components.generate.component import generate
+from components.ingest.component import ingest
+from components.register_features.component import register_features
+from components.report.component import report
+from components.train.component import train
+
+PIPELINE_NAME = "recsynth"
+# Task names as KFP assigns them (from the component names; the second report gets a suffix).
+REPORT_DEPLOYED_TASK = "report"
+REPORT_BLOCKED_TASK = "report-2"
+STEP_TASKS = (
+    "ingest",
+    "generate",
+    "fuse",
+    "train",
+    "dp-audit",
+    "export",
+    "register-features",
+    "deploy",
+    REPORT_DEPLOYED_TASK,
+    REPORT_BLOCKED_TASK,
+)
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description=(
+        "Shop logs -> DP synthetic sessions -> DP sequential recommender; the DP audit gates "
+        "ONNX export, Feast registration and KServe deployment."
+    ),
+)
+def recsynth_pipeline(config: dict, source: str = "bundled", run_id: str = "local"):
+    """The whole run.
+
+    Args:
+        config: the validated run config as a plain dict (``RecsynthConfig.model_dump``).
+        source: the shop log: "bundled" or a path/URI the ingest step can read.
+        run_id: the run's id, recorded by deploy.
+    """
+    cleaned = ingest(config=config, source=source)
+    gen = generate(config=config, cleaned=cleaned.outputs["cleaned"])
+    fused = fuse(
+        config=config,
+        cleaned=cleaned.outputs["cleaned"],
+        synthetic=gen.outputs["synthetic"],
+    )
+    trained = train(config=config, training_set=fused.outputs["training_set"])
+    audited = dp_audit(
+        config=config,
+        generator_model=gen.outputs["generator_model"],
+        recommender_model=trained.outputs["recommender_model"],
+    )
+    common = {
+        "config": config,
+        "cleaned": cleaned.outputs["cleaned"],
+        "generator_model": gen.outputs["generator_model"],
+        "synthetic": gen.outputs["synthetic"],
+        "training_set": fused.outputs["training_set"],
+        "recommender_model": trained.outputs["recommender_model"],
+        "audit": audited.outputs["audit"],
+    }
+
+    with dsl.If(audited.outputs["passed"] == True, name="audit-passed"):  # noqa: E712
+        exported = export(
+            config=config,
+            generator_model=gen.outputs["generator_model"],
+            recommender_model=trained.outputs["recommender_model"],
+            training_set=fused.outputs["training_set"],
+        )
+        features = register_features(
+            config=config,
+            cleaned=cleaned.outputs["cleaned"],
+            training_set=fused.outputs["training_set"],
+        )
+        # Sequential on purpose: the steps share two cores, and a failed export should stop the
+        # branch before the feature store is touched.
+        features.after(exported)
+        deployed = deploy(
+            config=config,
+            run_id=run_id,
+            exported=exported.outputs["exported"],
+            feature_store=features.outputs["feature_store"],
+        )
+        report(
+            **common,
+            exported=exported.outputs["exported"],
+            feature_store=features.outputs["feature_store"],
+            deployment=deployed.outputs["deployment"],
+        ).set_display_name("report (deployed)")
+    with dsl.Else(name="audit-failed"):
+        report(**common).set_display_name("report (deployment blocked)")

@@ -1,0 +1,181 @@
+"""report on hand-made artifact dirs: metrics.json figures, deployed and blocked runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.common.errors import InputError
+from components.report import logic
+from components.report.config import ReportConfig
+
+METRICS = {
+    "popularity": {"hr@10": 0.05, "ndcg@10": 0.021},
+    "real_only": {"hr@10": 0.12, "ndcg@10": 0.061},
+    "real_plus_synthetic": {"hr@10": 0.14, "ndcg@10": 0.0705},
+}
+AUDIT = {
+    "trainings": {
+        "generator": {
+            "reported": 3.9,
+            "recomputed_prv": 3.95,
+            "recomputed_rdp": 4.4,
+            "epsilon": 3.95,
+            "delta": 1e-5,
+        },
+        "recommender": {
+            "reported": 4.0,
+            "recomputed_prv": 3.98,
+            "recomputed_rdp": 4.5,
+            "epsilon": 4.0,
+            "delta": 1e-5,
+        },
+    },
+    "composition": "basic: epsilon_total = sum of epsilons, delta_total = sum of deltas",
+    "total_epsilon": 7.95,
+    "total_delta": 2e-5,
+    "epsilon_budget": 10.0,
+    "checks": [{"name": "total_within_budget", "passed": True, "detail": "7.95 <= 10"}],
+    "passed": True,
+}
+CLEANING = {
+    "source": "bundled",
+    "rows_read": 1000,
+    "rows_kept": 810,
+    "dropped": {"missing_customer": 120, "cancellation": 50, "non_positive_price": 20},
+}
+
+
+def _dir(root: Path, name: str, step: str, wall: float, files: dict | None = None) -> Path:
+    directory = root / name
+    directory.mkdir()
+    (directory / "step.json").write_text(
+        json.dumps({"step": step, "wall_s": wall, "summary": {}}), encoding="utf-8"
+    )
+    for file, payload in (files or {}).items():
+        (directory / file).write_text(json.dumps(payload), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def dirs(tmp_path) -> dict[str, Path]:
+    return {
+        "cleaned_dir": _dir(tmp_path, "cleaned", "ingest", 1.5, {"cleaning_report.json": CLEANING}),
+        "generator_dir": _dir(tmp_path, "generator_model", "generate", 30.25),
+        "synthetic_dir": _dir(tmp_path, "synthetic", "generate", 30.25),
+        "training_dir": _dir(tmp_path, "training_set", "fuse", 4.0),
+        "recommender_dir": _dir(tmp_path, "recommender", "train", 12.0, {"metrics.json": METRICS}),
+        "audit_dir": _dir(tmp_path, "audit", "dp_audit", 0.5, {"audit.json": AUDIT}),
+    }
+
+
+def _deployment(tmp_path: Path) -> dict[str, Path]:
+    servers = {
+        "servers": [
+            {"model": "recommender", "host": "127.0.0.1", "port": 19080, "pid": 111},
+            {"model": "generator", "host": "127.0.0.1", "port": 19081, "pid": 112},
+        ]
+    }
+    return {
+        "exported_dir": _dir(tmp_path, "exported", "export", 6.0),
+        "feature_store_dir": _dir(tmp_path, "feature_store", "register_features", 20.0),
+        "deployment_dir": _dir(tmp_path, "deployment", "deploy", 3.0, {"servers.json": servers}),
+    }
+
+
+def test_deployed_run_metrics(tmp_path, dirs):
+    out = tmp_path / "report"
+    figures = logic.run(ReportConfig(), out_dir=out, **dirs, **_deployment(tmp_path))
+
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(figures))
+    assert written["metrics"] == METRICS
+    assert written["epsilon"] == {
+        "generator": 3.95,
+        "recommender": 4.0,
+        "total": 7.95,
+        "budget": 10.0,
+    }
+    assert written["cleaning"] == {
+        "rows_read": 1000,
+        "rows_kept": 810,
+        "dropped": {"missing_customer": 120, "cancellation": 50, "non_positive_price": 20},
+    }
+    assert written["steps"] == {
+        "ingest": 1.5,
+        "generate": 30.25,
+        "fuse": 4.0,
+        "train": 12.0,
+        "dp_audit": 0.5,
+        "export": 6.0,
+        "register_features": 20.0,
+        "deploy": 3.0,
+    }
+    # In pipeline order (metrics.json itself is written with sorted keys).
+    assert list(figures["steps"]) == [
+        "ingest",
+        "generate",
+        "fuse",
+        "train",
+        "dp_audit",
+        "export",
+        "register_features",
+        "deploy",
+    ]
+    assert written["audit_passed"] is True
+    assert written["deployed"] is True
+    assert [e["url"] for e in written["endpoints"]] == [
+        "http://127.0.0.1:19080/v2/models/recommender",
+        "http://127.0.0.1:19081/v2/models/generator",
+    ]
+    md = (out / "report.md").read_text()
+    assert "| real_plus_synthetic | 0.14 | 0.0705 |" in md
+    assert "http://127.0.0.1:19080/v2/models/recommender" in md
+    assert "| dropped: cancellation | 50 |" in md
+
+
+def test_blocked_run_says_so(tmp_path, dirs):
+    audit = json.loads(json.dumps(AUDIT))
+    audit.update(passed=False, epsilon_budget=1.0)
+    audit["checks"] = [{"name": "total_within_budget", "passed": False, "detail": "7.95 > 1"}]
+    (dirs["audit_dir"] / "audit.json").write_text(json.dumps(audit))
+    out = tmp_path / "report"
+    figures = logic.run(ReportConfig(title="blocked <run>"), out_dir=out, **dirs)
+
+    assert figures["audit_passed"] is False
+    assert figures["deployed"] is False
+    assert figures["endpoints"] == []
+    assert "export" not in figures["steps"]
+    assert figures["epsilon"]["budget"] == 1.0
+    md = (out / "report.md").read_text()
+    assert "blocked by the DP audit" in md
+    assert "| DP audit | FAILED |" in md
+    page = (out / "report.html").read_text()
+    assert "blocked &lt;run&gt;" in page  # escaped, not markup
+    assert "blocked by the DP audit" in page
+
+
+def test_html_is_self_contained(tmp_path, dirs):
+    out = tmp_path / "report"
+    logic.run(ReportConfig(), out_dir=out, **dirs, **_deployment(tmp_path))
+
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    for external in ("<script", "<link", "src=", "@import", "url("):
+        assert external not in page
+
+
+def test_missing_model_metrics_is_an_input_error(tmp_path, dirs):
+    metrics = {k: v for k, v in METRICS.items() if k != "real_only"}
+    (dirs["recommender_dir"] / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InputError, match="real_only"):
+        logic.run(ReportConfig(), out_dir=tmp_path / "report", **dirs)
+
+
+def test_missing_cleaning_report_is_an_input_error(tmp_path, dirs):
+    (dirs["cleaned_dir"] / "cleaning_report.json").unlink()
+    with pytest.raises(InputError, match="cleaning_report.json"):
+        logic.run(ReportConfig(), out_dir=tmp_path / "report", **dirs)
+    assert not (tmp_path / "report").exists()
