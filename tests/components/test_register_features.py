@@ -326,3 +326,77 @@ def test_config_rejects_unknown_store_and_zero_ttl():
         FeaturesConfig(online_store="dynamodb")
     with pytest.raises(ValueError, match="history_ttl_days"):
         FeaturesConfig(history_ttl_days=0)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server started by this test on 127.0.0.1, ended by its own PID afterwards."""
+    import socket
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (scripts/redis-test-server.sh install adds it)")
+    import redis
+
+    port = None
+    for candidate in range(19500, 19600):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", candidate)) != 0:
+                port = candidate
+                break
+    if port is None:
+        pytest.skip("no free port in 19500-19599 for the test Redis")
+    state = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes"]
+        + ["--save", "", "--appendonly", "no", "--dir", str(state)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"redis-server pid {proc.pid} did not answer on 127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}", client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_redis_store_serves_the_same_values(redis_server, inputs, tmp_path, monkeypatch):
+    from feast import FeatureStore
+
+    connection, client = redis_server
+    monkeypatch.setenv(logic.REDIS_ENV, connection)
+    cleaned, training = inputs
+    out = tmp_path / "feature_store"
+    summary = logic.run(FeaturesConfig(online_store="redis", check_rows=4), cleaned, training, out)
+    assert summary["online_store"] == "redis"
+    assert summary["online_check"]["matched"] is True
+    # the repo names the variable, not this server: each reader supplies its own connection
+    assert "${" + logic.REDIS_ENV + "}" in (out / "feature_store.yaml").read_text()
+    assert not (out / "data" / "online_store.db").exists()
+    assert client.dbsize() > 0
+
+    seqs = pd.read_parquet(cleaned / artifacts.SEQUENCES)
+    ids = list(seqs["customer_id"].iloc[[0, 5, N_CUSTOMERS - 1]]) + ["00000"]
+    store = FeatureStore(repo_path=str(out))
+    got = _online(store, ids)
+    want = [list(items)[-50:] for items in seqs["items"].iloc[[0, 5, N_CUSTOMERS - 1]]]
+    assert got["recent_items"] == [*want, None]
+
+    feats = pd.read_parquet(training / artifacts.ITEM_FEATURES)
+    vector = store.get_online_features(
+        features=["item_text:text_embedding"], entity_rows=[{"item_id": feats["item_id"].iloc[2]}]
+    ).to_dict()["text_embedding"][0]
+    np.testing.assert_array_equal(
+        np.asarray(vector, dtype=np.float32), feats["text_embedding"].iloc[2]
+    )
