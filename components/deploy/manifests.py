@@ -50,6 +50,8 @@ SERVING_PORT = 8080
 FEATURE_REPO_MOUNT = "/etc/recsynth/feature-repo"
 FEATURE_REGISTRY_MOUNT = "/var/lib/recsynth/feature-store"
 MODELS_PVC = "recsynth-models"
+# Same-namespace short name of the Redis Service, so every overlay's namespace works unchanged.
+REDIS_ADDRESS = "recsynth-redis:6379"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 _LABELS = {
@@ -130,8 +132,13 @@ def inference_service(
     args = ["--model", model]
     mounts = [k8s_models.V1VolumeMount(name="tmp", mount_path="/tmp")]
     volumes = [k8s_models.V1Volume(name="tmp", empty_dir=k8s_models.V1EmptyDirVolumeSource())]
+    extra_env: list[k8s_models.V1EnvVar] = []
     if model == "recommender":
         args += ["--feature-repo", FEATURE_REPO_MOUNT]
+        # feature_store.yaml (ConfigMap recsynth-feast-config) expands this when feast loads it.
+        extra_env.append(
+            k8s_models.V1EnvVar(name="RECSYNTH_REDIS_CONNECTION_STRING", value=REDIS_ADDRESS)
+        )
         mounts += [
             k8s_models.V1VolumeMount(
                 name="feast-config", mount_path=FEATURE_REPO_MOUNT, read_only=True
@@ -167,6 +174,7 @@ def inference_service(
         ),
         k8s_models.V1EnvVar(name="HOME", value="/tmp"),
         k8s_models.V1EnvVar(name="RECSYNTH_RUN_ID", value=run_id),
+        *extra_env,
     ]
     tolerations = None
     if cfg.gpus_per_predictor:
@@ -230,6 +238,8 @@ def serving_runtime(cfg: DeployConfig) -> V1alpha1ServingRuntime:
         # Inside a pod the server must listen on the pod's address, or neither the kubelet's
         # probes nor the Service reach it; only loopback is allowed for local runs.
         args=["--model-dir", "/mnt/models", "--host", "0.0.0.0", "--port", str(SERVING_PORT)],
+        # serving refuses a wildcard host unless told it runs inside a container.
+        env=[k8s_models.V1EnvVar(name="RECSYNTH_ALLOW_ALL_INTERFACES", value="1")],
         ports=[k8s_models.V1ContainerPort(container_port=SERVING_PORT, protocol="TCP")],
         resources=k8s_models.V1ResourceRequirements(
             requests={"cpu": "500m", "memory": "1Gi"}, limits={"cpu": "2", "memory": "2Gi"}
