@@ -435,3 +435,29 @@ def test_run_starts_the_real_servers(tmp_path: Path) -> None:
             cmd = servers.read_cmdline(pid)
             if cmd and cmd[1:3] == ("-m", "serving"):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_status_reports_a_dead_server_and_exits_1(tmp_path: Path, capsys) -> None:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    state = servers.StateFile(tmp_path / "state")
+    record = {
+        "name": "generator",
+        "pid": finished.pid,
+        "host": "127.0.0.1",
+        "port": 18998,
+        "url": "http://127.0.0.1:18998",
+        "log": "/nowhere.log",
+        "argv": [sys.executable, "-c", "pass"],
+    }
+    state.save([record])
+    assert control.main(["status", "--state-dir", str(state.dir)]) == 1
+    assert "generator: pid" in capsys.readouterr().out
+    assert control.main(["status", "--json", "--state-dir", str(state.dir)]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["running"], r["ready"]) for r in rows] == [("generator", False, False)]
+
+
+def test_default_serving_image_is_the_pipelines_serving_image() -> None:
+    images = pytest.importorskip("components.common.images")
+    assert DeployConfig().serving_image == images.SERVING_IMAGE
