@@ -220,6 +220,9 @@ def build_tables(
     _check_ids(item_features, "item_id", artifacts.ITEM_FEATURES)
     last_ts = _utc(customers["last_ts"], cust_file, "last_ts")
 
+    if sequences.empty:
+        raise InputError("no customer sequences to register", file=seq_file, column="items")
+
     # customer_history: the last N distinct items, oldest first
     by_customer = pd.Series(np.arange(len(customers)), index=customers["customer_id"].to_numpy())
     recent, n_items, country, stamp = [], [], [], []
@@ -252,13 +255,9 @@ def build_tables(
             "recent_items": recent,
             "n_items": np.asarray(n_items, dtype=np.int64),
             "country": country,
-            "event_timestamp": pd.DatetimeIndex(stamp, tz="UTC")
-            if stamp
-            else pd.DatetimeIndex([], tz="UTC"),
+            "event_timestamp": pd.DatetimeIndex(stamp).tz_convert("UTC"),
         }
     )
-    if history.empty:
-        raise InputError("no customer sequences to register", file=seq_file, column="items")
 
     # item tables: every item must be in the cleaned catalogue
     feat_file = artifacts.ITEM_FEATURES
