@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         health = (
             "ready" if r["ready"] else ("running, not ready" if r["running"] else "not running")
         )
-        print(f"{r['name']}: pid {r['pid']} {r['url']} {health} (log {r['log']})")
+        print(f"{r.get('name')}: pid {r.get('pid')} {r.get('url')} {health} (log {r.get('log')})")
     return 0 if all(r["ready"] for r in rows) else 1
 
 

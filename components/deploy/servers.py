@@ -157,8 +157,12 @@ def stop_record(record: dict[str, Any], *, grace_s: float = 10.0) -> str:
         "stopped" (ended by SIGTERM), "killed" (needed SIGKILL), "gone" (was not running) or
         "not-ours" (the PID runs something else now and was not signalled).
     """
-    pid = int(record.get("pid", 0))
     name = record.get("name", "?")
+    try:
+        pid = int(record.get("pid", 0))
+    except (TypeError, ValueError):
+        logger.warning("state record of server %s has no usable pid: %r", name, record.get("pid"))
+        return "gone"
     if pid <= 1 or not is_alive(pid):
         logger.info("server %s (pid %s) is not running", name, pid)
         return "gone"
@@ -428,6 +432,8 @@ def server_status(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for record in records:
         running = is_ours(record) and is_alive(int(record["pid"]))
-        url = record.get("ready_url") or ready_url(record["host"], record["port"], record["name"])
+        url = record.get("ready_url") or ready_url(
+            record.get("host", "127.0.0.1"), record.get("port", 0), record.get("name", "")
+        )
         out.append({**record, "running": running, "ready": running and check_ready(url)})
     return out

@@ -461,3 +461,21 @@ def test_status_reports_a_dead_server_and_exits_1(tmp_path: Path, capsys) -> Non
 def test_default_serving_image_is_the_pipelines_serving_image() -> None:
     images = pytest.importorskip("components.common.images")
     assert DeployConfig().serving_image == images.SERVING_IMAGE
+
+
+def test_a_corrupt_state_file_is_reported_not_guessed_at(tmp_path: Path, capsys) -> None:
+    state = servers.StateFile(tmp_path / "state")
+    state.dir.mkdir()
+    state.path.write_text('{"servers": [{"pid": 1')
+    assert control.main(["stop", "--state-dir", str(state.dir)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert state.path.exists()  # left for a human to read
+
+
+def test_a_record_without_a_usable_pid_is_dropped_unsignalled(tmp_path: Path) -> None:
+    state = servers.StateFile(tmp_path / "state")
+    state.save([{"name": "generator", "pid": "not-a-pid", "argv": ["x"]}, {"name": "recommender"}])
+    with state.locked():
+        results = servers.stop_servers(state)
+    assert [r["result"] for r in results] == ["gone", "gone"]
+    assert not state.path.exists()
