@@ -1,0 +1,458 @@
+"""The "recommender" model: top-k unseen items for a customer (Feast history) or a session.
+
+Request phases, as KServe runs them: ``preprocess`` validates the V1 instances or V2 tensors
+into :class:`Query` objects; ``predict`` reads the customers' histories from Feast in one call,
+scores every row with a history in one ORT batch and ranks; ``postprocess`` shapes the answer
+for the protocol the request came in on. See docs/serving.md for the wire format.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.artifacts import model_version, read_json
+from serving.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge
+from serving.kserve_compat import InferOutput, InferRequest, InferResponse, kserve
+from serving.onnx_session import check_io, create_session
+from serving.validation import (
+    TensorSpec,
+    get_int,
+    get_str,
+    get_str_list,
+    instances_of,
+    reject_unknown_keys,
+    v2_requested_outputs,
+    v2_scalar,
+    v2_tensors,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "recommender"
+MAX_INSTANCES = 256
+MAX_K = 100
+DEFAULT_K = 10
+# A session longer than this is a client bug; the model reads only the last max_history anyway.
+MAX_SESSION_ITEMS = 1000
+FALLBACK_POPULARITY = "popularity"
+
+V2_INPUTS = {
+    "user_id": TensorSpec("BYTES"),
+    "items": TensorSpec("BYTES"),
+    "k": TensorSpec("INT32"),
+}
+
+V2_OUTPUTS = ("item_id", "description", "score", "fallback")
+
+
+@dataclass
+class Catalogue:
+    """``catalogue.json``: item rows by dense index (1..N; 0 is padding) and ``max_history``."""
+
+    item_ids: list[str]  # position = index; item_ids[0] is "" (padding)
+    descriptions: list[str]
+    popularity: np.ndarray  # float64 [N + 1], 0 at padding
+    max_history: int
+    index_of: dict[str, int] = field(default_factory=dict)
+    by_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    @classmethod
+    def read(cls, path: Path) -> Catalogue:
+        """Read and check ``catalogue.json`` (indices 1..N each once, unique string ids)."""
+        raw = read_json(path)
+        if not isinstance(raw, dict) or not isinstance(raw.get("items"), list):
+            raise ModelLoadError(f"{path}: expected an object with an 'items' list")
+        max_history = raw.get("max_history")
+        if not isinstance(max_history, int) or isinstance(max_history, bool) or max_history < 1:
+            raise ModelLoadError(f"{path}: max_history must be a positive integer")
+        rows = raw["items"]
+        n = len(rows)
+        if n == 0:
+            raise ModelLoadError(f"{path}: the catalogue is empty")
+        item_ids = [""] * (n + 1)
+        descriptions = [""] * (n + 1)
+        popularity = np.zeros(n + 1, dtype=np.float64)
+        for row in rows:
+            try:
+                index = int(row["index"])
+                item_id = row["item_id"]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelLoadError(f"{path}: bad item row {row!r}: {exc}") from exc
+            if not 1 <= index <= n or item_ids[index]:
+                raise ModelLoadError(f"{path}: index {index} out of 1..{n} or repeated")
+            if not isinstance(item_id, str) or not item_id:
+                raise ModelLoadError(f"{path}: item_id at index {index} is not a string")
+            item_ids[index] = item_id
+            descriptions[index] = str(row.get("description") or "")
+            popularity[index] = float(row.get("popularity") or 0)
+        index_of = {item_id: i for i, item_id in enumerate(item_ids) if i > 0}
+        if len(index_of) != n:
+            raise ModelLoadError(f"{path}: item ids are not unique")
+        # Most popular first, ties by index, padding excluded.
+        order = np.lexsort((np.arange(1, n + 1), -popularity[1:])) + 1
+        return cls(item_ids, descriptions, popularity, max_history, index_of, order)
+
+
+@dataclass
+class Query:
+    """One validated instance: a customer id or an anonymous session, and k."""
+
+    k: int
+    user_id: str | None = None
+    items: list[str] | None = None
+
+
+@dataclass
+class Ranked:
+    """The answer to one query."""
+
+    query: Query
+    indices: list[int]
+    scores: list[float]
+    fallback: str | None = None
+
+
+class RecommenderModel(kserve.Model):
+    """KServe model over ``model.onnx`` + ``catalogue.json`` and a Feast repo.
+
+    Args:
+        model_dir: ``exported/recommender``.
+        feature_repo: the ``feature_store/`` Feast repo; ``None`` serves sessions only
+            (a ``user_id`` request is then a 503).
+        name: the model name on the wire.
+        require_gpu: demand CUDA (``None`` reads ``RECSYNTH_REQUIRE_GPU``).
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        feature_repo: Path | None,
+        *,
+        name: str = MODEL_NAME,
+        require_gpu: bool | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.feature_repo = Path(feature_repo) if feature_repo is not None else None
+        self.require_gpu = require_gpu
+        self.catalogue: Catalogue | None = None
+        self.version = ""
+        self._session = None
+        self._history = None
+
+    # load ---------------------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Open the catalogue, the ONNX session (provider-checked) and the feature store.
+
+        Raises:
+            ModelLoadError: a file is missing or inconsistent, CUDA is required but inactive,
+                or the feature repo lacks ``customer_history:recent_items``.
+        """
+        catalogue = Catalogue.read(self.model_dir / "catalogue.json")
+        model_path = self.model_dir / "model.onnx"
+        session = create_session(model_path, require_gpu=self.require_gpu)
+        check_io(
+            session,
+            inputs={"item_ids": "tensor(int64)"},
+            outputs={"scores": "tensor(float)"},
+            model_path=model_path,
+        )
+        # One padded row through the model: proves it runs and that its catalogue matches.
+        padded = np.zeros((1, catalogue.max_history), np.int64)
+        probe = session.run(["scores"], {"item_ids": padded})
+        if probe[0].shape != (1, catalogue.n_items + 1):
+            raise ModelLoadError(
+                f"{model_path} returns scores of shape {probe[0].shape}, but catalogue.json "
+                f"has {catalogue.n_items} items (expected (1, {catalogue.n_items + 1}))"
+            )
+        if self.feature_repo is not None:
+            from serving.features import CustomerHistory
+
+            self._history = CustomerHistory(self.feature_repo)
+        self.catalogue = catalogue
+        self._session = session
+        self.version = model_version(self.model_dir)
+        self.ready = True
+        logger.info(
+            "recommender %s ready: %d items, max_history %d, feature store %s",
+            self.version,
+            catalogue.n_items,
+            catalogue.max_history,
+            self.feature_repo or "none",
+        )
+        return self.ready
+
+    # preprocess ---------------------------------------------------------------------------
+
+    @property
+    def k_max(self) -> int:
+        """The largest k accepted: MAX_K, or the catalogue size when it is smaller."""
+        return min(MAX_K, self.catalogue.n_items if self.catalogue else MAX_K)
+
+    def _check_items(self, items: list[str], field_name: str) -> list[str]:
+        for j, item in enumerate(items):
+            if item not in self.catalogue.index_of:
+                raise BadRequest(
+                    "unknown item id",
+                    field=f"{field_name}[{j}]",
+                    value=item,
+                    allowed="a stock code from the model's catalogue",
+                )
+        return items
+
+    def _parse_v1(self, body: Any) -> list[Query]:
+        queries = []
+        for i, inst in enumerate(instances_of(body, max_instances=MAX_INSTANCES)):
+            where = f"instances[{i}]"
+            reject_unknown_keys(inst, ("user_id", "items", "k"), where)
+            k = get_int(inst, "k", where, default=DEFAULT_K, lo=1, hi=self.k_max)
+            has_user, has_items = "user_id" in inst, "items" in inst
+            if has_user == has_items:
+                raise BadRequest(
+                    "give exactly one of user_id or items",
+                    field=f"{where}.user_id",
+                    allowed='"user_id": "17850" or "items": ["85123A", ...]',
+                )
+            if has_user:
+                queries.append(Query(k=k, user_id=get_str(inst, "user_id", where)))
+            else:
+                items = get_str_list(inst, "items", where, max_len=MAX_SESSION_ITEMS)
+                queries.append(Query(k=k, items=self._check_items(items, f"{where}.items")))
+        return queries
+
+    def _parse_v2(self, request: InferRequest) -> list[Query]:
+        tensors = v2_tensors(request.inputs, V2_INPUTS)
+        k = v2_scalar(tensors, "k", DEFAULT_K)
+        if not 1 <= k <= self.k_max:
+            raise BadRequest(
+                "out of range", field="inputs.k", value=k, allowed=f"1 to {self.k_max}"
+            )
+        if ("user_id" in tensors) == ("items" in tensors):
+            raise BadRequest(
+                "give exactly one of the inputs user_id or items",
+                field="inputs",
+                allowed="user_id BYTES [B] or items BYTES [B, L]",
+            )
+        if "user_id" in tensors:
+            shape, ids = tensors["user_id"]
+            if len(shape) != 1 or not ids:
+                raise BadRequest(
+                    "must be a non-empty 1-D tensor",
+                    field="inputs.user_id.shape",
+                    value=shape,
+                    allowed="[B], B >= 1",
+                )
+            if len(ids) > MAX_INSTANCES:
+                raise PayloadTooLarge(
+                    "too many rows",
+                    field="inputs.user_id",
+                    value=len(ids),
+                    allowed=f"at most {MAX_INSTANCES}",
+                )
+            for b, uid in enumerate(ids):
+                if not uid:
+                    raise BadRequest("empty customer id", field=f"inputs.user_id[{b}]")
+            return [Query(k=k, user_id=uid) for uid in ids]
+        shape, flat = tensors["items"]
+        if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+            raise BadRequest(
+                "must be a 2-D tensor",
+                field="inputs.items.shape",
+                value=shape,
+                allowed='[B, L] with B, L >= 1 (rows right-padded with "")',
+            )
+        rows, width = shape
+        if rows > MAX_INSTANCES or width > MAX_SESSION_ITEMS:
+            raise PayloadTooLarge(
+                "items tensor too large",
+                field="inputs.items.shape",
+                value=shape,
+                allowed=f"B <= {MAX_INSTANCES}, L <= {MAX_SESSION_ITEMS}",
+            )
+        queries = []
+        for b in range(rows):
+            row = [s for s in flat[b * width : (b + 1) * width] if s != ""]
+            if not row:
+                raise BadRequest("row has no items", field=f"inputs.items[{b}]")
+            queries.append(Query(k=k, items=self._check_items(row, f"inputs.items[{b}]")))
+        return queries
+
+    async def preprocess(
+        self, payload: dict | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Validate the request into queries; every problem is a 400/413 naming the field."""
+        if not self.ready or self.catalogue is None:
+            raise NotReady(f"model {self.name} is not loaded")
+        if isinstance(payload, InferRequest):
+            queries, protocol = self._parse_v2(payload), "v2"
+        else:
+            queries, protocol = self._parse_v1(payload), "v1"
+        logger.info(
+            "recommend: %d queries (%d customers) via %s",
+            len(queries),
+            sum(q.user_id is not None for q in queries),
+            protocol,
+        )
+        v2 = isinstance(payload, InferRequest)
+        request_id = payload.id if v2 else None
+        outputs = v2_requested_outputs(payload, V2_OUTPUTS) if v2 else None
+        return {
+            "requested_outputs": outputs,
+            "queries": queries,
+            "protocol": protocol,
+            "request_id": request_id,
+        }
+
+    # predict ------------------------------------------------------------------------------
+
+    def _histories(self, queries: list[Query]) -> list[list[int] | None]:
+        """Dense-index histories, oldest first; None where the customer is unknown here."""
+        cat = self.catalogue
+        customers = [q.user_id for q in queries if q.user_id is not None]
+        fetched: dict[str, list[str] | None] = {}
+        if customers:
+            if self._history is None:
+                raise NotReady(
+                    "this recommender was started without --feature-repo; send items instead"
+                )
+            unique = list(dict.fromkeys(customers))
+            fetched = dict(zip(unique, self._history.recent_items(unique), strict=True))
+        out: list[list[int] | None] = []
+        for q in queries:
+            codes = q.items if q.items is not None else fetched.get(q.user_id)
+            if codes is None:
+                out.append(None)
+                continue
+            # Items the catalogue does not know (dropped in fuse) carry no signal for the model.
+            known = [cat.index_of[c] for c in codes if c in cat.index_of]
+            out.append(known or None)
+        return out
+
+    def _top_k(
+        self, scores: np.ndarray, exclude: list[int], k: int
+    ) -> tuple[list[int], list[float]]:
+        scores = scores.astype(np.float64, copy=True)
+        scores[0] = -np.inf
+        scores[exclude] = -np.inf
+        eligible = int(np.isfinite(scores).sum())
+        k = min(k, eligible)
+        if k == 0:
+            return [], []
+        top = np.argpartition(-scores, k - 1)[:k]
+        # Highest score first, ties broken by index so answers are reproducible.
+        top = top[np.lexsort((top, -scores[top]))]
+        return top.tolist(), scores[top].tolist()
+
+    def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
+        """Rank items for each query: ONNX scores where a history exists, popularity otherwise."""
+        cat = self.catalogue
+        queries: list[Query] = payload["queries"]
+        histories = self._histories(queries)
+
+        # one ORT batch for every row with a history: [rows, max_history], left-padded with 0
+        rows = [i for i, h in enumerate(histories) if h is not None]
+        scored: dict[int, np.ndarray] = {}
+        if rows:
+            batch = np.zeros((len(rows), cat.max_history), dtype=np.int64)
+            for r, i in enumerate(rows):
+                recent = histories[i][-cat.max_history :]
+                batch[r, cat.max_history - len(recent) :] = recent
+            scores = self._session.run(["scores"], {"item_ids": batch})[0]
+            scored = {i: scores[r] for r, i in enumerate(rows)}
+
+        results = []
+        for i, q in enumerate(queries):
+            seen = histories[i] or []
+            if i in scored:
+                indices, values = self._top_k(scored[i], seen, q.k)
+                results.append(Ranked(q, indices, values))
+            else:
+                indices, values = self._top_k(cat.popularity, seen, q.k)
+                results.append(Ranked(q, indices, values, fallback=FALLBACK_POPULARITY))
+        n_fallback = sum(r.fallback is not None for r in results)
+        logger.info("recommend: %d answered, %d by popularity fallback", len(results), n_fallback)
+        return {**payload, "results": results}
+
+    # postprocess --------------------------------------------------------------------------
+
+    def postprocess(
+        self,
+        result: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:
+        """V1: ``{"predictions": [...]}``; V2: item_id/description/score/fallback tensors."""
+        cat = self.catalogue
+        results: list[Ranked] = result["results"]
+        if result["protocol"] == "v1":
+            return {
+                "predictions": [
+                    {
+                        "user_id": r.query.user_id,
+                        "items": [
+                            {
+                                "item_id": cat.item_ids[ix],
+                                "description": cat.descriptions[ix],
+                                "score": score,
+                            }
+                            for ix, score in zip(r.indices, r.scores, strict=True)
+                        ],
+                        "fallback": r.fallback,
+                        "model_version": self.version,
+                    }
+                    for r in results
+                ]
+            }
+        k = results[0].query.k
+        b = len(results)
+        item_ids = [["" for _ in range(k)] for _ in range(b)]
+        descriptions = [["" for _ in range(k)] for _ in range(b)]
+        scores = np.zeros((b, k), dtype=np.float32)
+        for row, r in enumerate(results):
+            for col, (ix, score) in enumerate(zip(r.indices, r.scores, strict=True)):
+                item_ids[row][col] = cat.item_ids[ix]
+                descriptions[row][col] = cat.descriptions[ix]
+                scores[row, col] = score
+        outputs = [
+            InferOutput("item_id", [b, k], "BYTES", data=item_ids),
+            InferOutput("description", [b, k], "BYTES", data=descriptions),
+            InferOutput("score", [b, k], "FP32", data=scores),
+            InferOutput("fallback", [b], "BYTES", data=[r.fallback or "" for r in results]),
+        ]
+        return InferResponse(
+            response_id=result["request_id"] or "",
+            model_name=self.name,
+            model_version=self.version,
+            infer_outputs=outputs,
+            parameters={"model_version": self.version},
+            requested_outputs=result["requested_outputs"],
+        )
+
+    # metadata (GET /v2/models/recommender) ------------------------------------------------
+
+    def get_input_types(self) -> list[dict]:
+        """The V2 inputs, for the model metadata endpoint."""
+        return [
+            {"name": "user_id", "datatype": "BYTES", "shape": [-1]},
+            {"name": "items", "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": "k", "datatype": "INT32", "shape": [1]},
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        """The V2 outputs, for the model metadata endpoint."""
+        return [
+            {"name": "item_id", "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": "description", "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": "score", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "fallback", "datatype": "BYTES", "shape": [-1]},
+        ]
