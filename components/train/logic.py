@@ -1,0 +1,383 @@
+"""The train step: DP-SGD sequential recommenders on real and real + synthetic sequences.
+
+Two recommenders are trained with the same shape, schedule and privacy target:
+
+- ``real_only``: real customers' training sequences only;
+- ``real_plus_synthetic``: the fused set (real + synthetic, synthetic down-weighted). This is the
+  one written as ``model.pt`` and deployed.
+
+Each real customer is exactly one training record, so Opacus' per-record guarantee is a
+per-customer one. Synthetic sequences come from the DP generator (post-processing of a DP
+output), so they join the records without adding a privacy unit. Both models are compared with
+a popularity baseline on the held-out test items of the leave-last-out split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from components.common import artifacts as art
+from components.common.errors import ConfigError, InputError, PrivacyError
+from components.common.privacy import PrivacyRecord, compute_epsilon, default_delta
+from components.common.recommender_model import (
+    MODEL_CONFIG,
+    MODEL_WEIGHTS,
+    RecommenderConfig,
+    SequentialRecommender,
+    build_model,
+)
+from components.train.config import TrainConfig
+from components.train.data import TrainingSet, load_training_set, next_item_records
+from components.train.evaluate import (
+    evaluate_scorer,
+    model_scores,
+    popularity_scores,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS = "metrics.json"
+REAL_ONLY_PRIVACY = "real_only_privacy.json"
+REAL_ONLY, FUSED, POPULARITY = "real_only", "real_plus_synthetic", "popularity"
+
+
+class SequenceLoss(nn.Module):
+    """Weighted next-item cross-entropy, one value per sequence.
+
+    Each sequence's loss is the mean full-softmax cross-entropy over its positions that have a
+    target (target 0 = nothing to predict), times the sequence's weight. ``reduction`` follows
+    the torch convention ("none" gives [batch]); Opacus' ghost clipping switches it to "none" to
+    get per-record losses.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        b, t, v = logits.shape
+        ce = F.cross_entropy(
+            logits.reshape(b * t, v), targets.reshape(b * t), reduction="none", ignore_index=0
+        ).view(b, t)
+        n_targets = (targets != 0).sum(dim=1).clamp(min=1)
+        per_sequence = weights * ce.sum(dim=1) / n_targets
+        if self.reduction == "none":
+            return per_sequence
+        if self.reduction == "sum":
+            return per_sequence.sum()
+        return per_sequence.mean()
+
+
+@dataclass
+class FitResult:
+    """A trained recommender with what it cost."""
+
+    model: SequentialRecommender
+    record: PrivacyRecord
+    epoch_seconds: list[float] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+def model_config_for(cfg: TrainConfig, ts: TrainingSet) -> RecommenderConfig:
+    """The recommender's shape for this catalogue."""
+    return RecommenderConfig(
+        n_items=len(ts.item_map),
+        n_price_bands=ts.n_price_bands,
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        max_history=cfg.max_history,
+        dropout=cfg.dropout,
+    )
+
+
+def _privacy_record(
+    engine: Any, *, training: str, cfg: TrainConfig, delta: float, n_units: int
+) -> PrivacyRecord:
+    """Summarise the accountant's history (one noise level and sample rate) into a record."""
+    history = list(engine.accountant.history)
+    settings = {(float(noise), float(rate)) for noise, rate, _ in history}
+    if len(settings) != 1:
+        raise PrivacyError(f"expected one (noise, sample rate) over the training, got {settings}")
+    (noise, rate), steps = settings.pop(), int(sum(s for _, _, s in history))
+    return PrivacyRecord(
+        training=training,
+        dp=True,
+        noise_multiplier=noise,
+        sample_rate=rate,
+        steps=steps,
+        delta=delta,
+        epsilon=float(engine.get_epsilon(delta)),
+        accountant=cfg.dp.accountant,
+        max_grad_norm=cfg.dp.max_grad_norm,
+        n_units=n_units,
+        target_epsilon=cfg.dp.target_epsilon,
+    )
+
+
+def fit(
+    name: str,
+    dataset: torch.utils.data.TensorDataset,
+    ts: TrainingSet,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    n_units: int,
+    delta: float,
+    training: str,
+) -> FitResult:
+    """Train one recommender on ``dataset`` (one record per sequence), DP unless disabled.
+
+    Args:
+        name: a label for logs.
+        dataset: inputs, targets and weights, one record per sequence.
+        ts: the training set (catalogue features).
+        cfg: the train settings.
+        seed: seeds the initial weights, the batch sampling and the DP noise.
+        n_units: real customers among the records (the privacy unit count).
+        delta: the DP delta.
+        training: the name written into the privacy record.
+
+    Returns:
+        The trained model (a plain module, without Opacus hooks) and its privacy record.
+    """
+    torch.manual_seed(seed)
+    mcfg = model_config_for(cfg, ts)
+    model = build_model(mcfg, ts.text_embeddings, ts.price_bands)
+    model.train()
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    n_records = len(dataset)
+    batch_size = min(cfg.batch_size, n_records)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    criterion: Any = SequenceLoss()
+    train_model: nn.Module = model
+    engine = None
+    if cfg.dp.enabled:
+        from opacus import PrivacyEngine
+
+        engine = PrivacyEngine(accountant=cfg.dp.accountant)
+        wrapped = engine.make_private_with_epsilon(
+            module=model,
+            optimizer=optimizer,
+            criterion=criterion,
+            data_loader=loader,
+            target_epsilon=cfg.dp.target_epsilon,
+            target_delta=delta,
+            epochs=cfg.epochs,
+            max_grad_norm=cfg.dp.max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=cfg.grad_sample_mode,
+        )
+        if cfg.grad_sample_mode == "ghost":
+            train_model, optimizer, criterion, loader = wrapped
+        else:
+            train_model, optimizer, loader = wrapped
+
+    steps = cfg.epochs * len(loader)
+    logger.info(
+        "training %s: %d sequences (%d real customers), expected batch %d, %d steps/epoch, "
+        "%d epochs, %d steps, %s",
+        name,
+        n_records,
+        n_units,
+        batch_size,
+        len(loader),
+        cfg.epochs,
+        steps,
+        (
+            f"DP target epsilon {cfg.dp.target_epsilon} delta {delta:.3g} "
+            f"noise {optimizer.noise_multiplier:.3f} clip {cfg.dp.max_grad_norm} "
+            f"({cfg.grad_sample_mode})"
+            if engine is not None
+            else "no DP (no privacy guarantee)"
+        ),
+    )
+
+    result_times, result_losses = [], []
+    for epoch in range(cfg.epochs):
+        started = time.perf_counter()
+        total, count = 0.0, 0
+        for inputs, targets, weights in loader:
+            optimizer.zero_grad(set_to_none=True)
+            if inputs.shape[0] == 0:
+                # An empty Poisson batch still takes its (noise-only) step, as the accountant
+                # assumes; Opacus handles the empty gradient.
+                optimizer.step()
+                continue
+            loss = criterion(train_model(inputs), targets, weights)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.item()) * inputs.shape[0]
+            count += inputs.shape[0]
+        result_times.append(time.perf_counter() - started)
+        result_losses.append(total / max(count, 1))
+        logger.info(
+            "%s epoch %d/%d: loss %.4f, %.1f s",
+            name,
+            epoch + 1,
+            cfg.epochs,
+            result_losses[-1],
+            result_times[-1],
+        )
+
+    # A fresh module with the trained weights: no Opacus hooks or per-sample buffers left over.
+    trained = build_model(mcfg, ts.text_embeddings, ts.price_bands, model.state_dict()).eval()
+    if engine is not None:
+        record = _privacy_record(engine, training=training, cfg=cfg, delta=delta, n_units=n_units)
+    else:
+        record = PrivacyRecord(
+            training=training,
+            dp=False,
+            noise_multiplier=0.0,
+            sample_rate=batch_size / n_records,
+            steps=steps,
+            delta=delta,
+            epsilon=None,
+            accountant=cfg.dp.accountant,
+            max_grad_norm=None,
+            n_units=n_units,
+            target_epsilon=None,
+        )
+    return FitResult(trained, record, result_times, result_losses)
+
+
+def _check_record(record: PrivacyRecord) -> None:
+    """The recorded epsilon must be what the shared accountant function recomputes."""
+    if not record.dp:
+        return
+    recomputed = compute_epsilon(
+        noise_multiplier=record.noise_multiplier,
+        sample_rate=record.sample_rate,
+        steps=record.steps,
+        delta=record.delta,
+        accountant=record.accountant,
+        n_units=record.n_units,
+    )
+    if record.epsilon is None or not math.isclose(recomputed, record.epsilon, rel_tol=0.02):
+        raise PrivacyError(
+            f"{record.training}: Opacus reported epsilon {record.epsilon} but the record "
+            f"recomputes to {recomputed}"
+        )
+
+
+def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> dict[str, Any]:
+    """Train the recommenders on ``training_set/`` and write ``recommender_model/``.
+
+    Args:
+        cfg: the train settings.
+        training_dir: fuse's output.
+        model_dir: where recommender_model/ is written (atomically).
+        seed: seeds weights, sampling and DP noise.
+
+    Returns:
+        A summary: metrics, privacy figures of both trainings, sizes and timings.
+
+    Raises:
+        InputError: fuse's output is missing, malformed or has no real sequence.
+        PrivacyError: the DP settings are invalid for this data (e.g. delta >= 1/customers).
+    """
+    timer = art.StepTimer("train")
+    training_dir = Path(training_dir)
+    ts = load_training_set(training_dir)
+    real = ts.real
+    n_real = len(real)
+    if n_real == 0:
+        raise InputError(
+            "no real sequences to train on", file=str(training_dir / art.TRAIN_SEQUENCES)
+        )
+    delta = cfg.dp.delta if cfg.dp.delta is not None else default_delta(n_real)
+    if cfg.dp.enabled and delta >= 1.0 / n_real:
+        raise PrivacyError(
+            f"train.dp.delta={delta} must be below 1/customers={1.0 / n_real:.3g} ({n_real} "
+            "real customers) for a user-level guarantee"
+        )
+    if cfg.max_history < 2:
+        raise ConfigError(f"train.max_history={cfg.max_history} must be >= 2")
+
+    real_data = next_item_records(real["items"].tolist(), real["weight"].tolist(), cfg.max_history)
+    fused_data = next_item_records(
+        ts.sequences["items"].tolist(), ts.sequences["weight"].tolist(), cfg.max_history
+    )
+    common = {"seed": seed, "n_units": n_real, "delta": delta}
+    real_fit = fit(REAL_ONLY, real_data, ts, cfg, training="recommender_real_only", **common)
+    fused_fit = fit(FUSED, fused_data, ts, cfg, training="recommender", **common)
+    for fitted in (real_fit, fused_fit):
+        _check_record(fitted.record)
+
+    # Evaluation: test = history (train items + valid item) -> test item; valid is reported for
+    # information only (no model selection, which would spend privacy outside the accountant).
+    ev = ts.eval_cases
+    test_hist = [list(h) + [int(v)] for h, v in zip(ev["history"], ev["valid_item"], strict=True)]
+    valid_hist = [list(h) for h in ev["history"]]
+    test_target, valid_target = ev["test_item"].tolist(), ev["valid_item"].tolist()
+    metrics: dict[str, Any] = {"n_eval": len(ev), "k": cfg.k}
+    pop = popularity_scores(ts.popularity, len(ev))
+    metrics[POPULARITY] = {
+        **evaluate_scorer(pop, test_hist, test_target, cfg.k),
+        **_prefixed(evaluate_scorer(pop, valid_hist, valid_target, cfg.k)),
+    }
+    for label, fitted in ((REAL_ONLY, real_fit), (FUSED, fused_fit)):
+        kwargs = {"max_history": cfg.max_history, "batch_size": cfg.eval_batch_size}
+        test_scores = model_scores(fitted.model, test_hist, **kwargs)
+        valid_scores = model_scores(fitted.model, valid_hist, **kwargs)
+        metrics[label] = {
+            **evaluate_scorer(test_scores, test_hist, test_target, cfg.k),
+            **_prefixed(evaluate_scorer(valid_scores, valid_hist, valid_target, cfg.k)),
+        }
+    logger.info(
+        "test HR@%d / NDCG@%d: %s",
+        cfg.k,
+        cfg.k,
+        ", ".join(
+            f"{m} {metrics[m][f'hr@{cfg.k}']:.4f}/{metrics[m][f'ndcg@{cfg.k}']:.4f}"
+            for m in (POPULARITY, REAL_ONLY, FUSED)
+        ),
+    )
+
+    mcfg = model_config_for(cfg, ts)
+    summary: dict[str, Any] = {
+        "seed": seed,
+        "metrics": metrics,
+        "n_real_sequences": n_real,
+        "n_synthetic_sequences": len(ts.sequences) - n_real,
+        "n_items": len(ts.item_map),
+        "dp": cfg.dp.enabled,
+        "grad_sample_mode": cfg.grad_sample_mode if cfg.dp.enabled else None,
+        "privacy": fused_fit.record.model_dump(),
+        "real_only_privacy": real_fit.record.model_dump(),
+        "epoch_seconds": {REAL_ONLY: real_fit.epoch_seconds, FUSED: fused_fit.epoch_seconds},
+        "epoch_losses": {REAL_ONLY: real_fit.epoch_losses, FUSED: fused_fit.epoch_losses},
+        "n_parameters": sum(p.numel() for p in fused_fit.model.parameters()),
+    }
+    with art.atomic_dir(model_dir) as tmp:
+        torch.save(fused_fit.model.state_dict(), tmp / MODEL_WEIGHTS)
+        art.write_json(tmp / MODEL_CONFIG, mcfg.model_dump())
+        shutil.copyfile(training_dir / art.ITEM_MAP, tmp / art.ITEM_MAP)
+        art.write_json(tmp / art.PRIVACY, fused_fit.record.model_dump())
+        art.write_json(tmp / REAL_ONLY_PRIVACY, real_fit.record.model_dump())
+        art.write_json(tmp / METRICS, metrics)
+        timer.write(tmp, summary)
+    return summary
+
+
+def _prefixed(values: dict[str, float]) -> dict[str, float]:
+    return {f"valid_{k}": v for k, v in values.items()}
