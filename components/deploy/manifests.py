@@ -332,6 +332,9 @@ def rollout_markdown(cfg: DeployConfig, *, run_id: str, files: dict[str, list[st
         f"`{run_id}/generator/` (storage URIs `{storage_uri(cfg, run_id, 'recommender')}`,",
         f"`{storage_uri(cfg, run_id, 'generator')}`).",
         "",
+        "Run the commands from this deployment directory. On a first rollout there is no previous",
+        "revision, so the canary step already serves all traffic.",
+        "",
         "| step | command | effect |",
         "|---|---|---|",
         f"| 0. runtime | `kubectl apply -n {ns} -f manifests/{files['runtime'][0]}` | "
