@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from components.common.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 REPORT_FILES = ("report.md", "report.html", "metrics.json")
 LATEST = "latest"
 
@@ -130,8 +131,9 @@ class ProgressTee:
         finished = _FINISHED.search(line)
         if finished:
             task, status = finished.group(1), finished.group(2)
-            step = self.steps.setdefault(task, StepProgress(task=task, started=self._clock()))
-            step.finished = self._clock()
+            now = self._clock()
+            step = self.steps.setdefault(task, StepProgress(task=task, started=now))
+            step.finished = now
             step.status = status
             if task in self._current:
                 self._current.remove(task)
@@ -187,9 +189,36 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 def _check_run_id(run_id: str) -> None:
     if not RUN_ID_PATTERN.match(run_id) or run_id == LATEST:
         raise ConfigError(
-            f"run id {run_id!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            f"run id {run_id!r} is not allowed: use 1-63 letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit, and not {LATEST!r}"
         )
+
+
+def hide_dockerfile_folder() -> bool:
+    """Keep the repo's ``docker/`` folder (Dockerfiles) from passing for the docker SDK.
+
+    Run from the repository root, ``docker/`` is importable as a namespace package. kfp.local
+    imports its Docker task handler whenever ``import docker`` succeeds, and that handler fails
+    at import time on the missing ``docker.DockerClient``, so every local run would fail. Marking
+    the module absent makes kfp treat Docker as not installed, which it is not; the subprocess
+    runner is all this module uses.
+
+    Returns:
+        True when the folder was hidden.
+    """
+    loaded = sys.modules.get("docker", False)
+    if loaded is None:
+        return True
+    if loaded is not False:
+        if getattr(loaded, "__file__", None) is None and not hasattr(loaded, "DockerClient"):
+            sys.modules["docker"] = None  # type: ignore[assignment]
+            return True
+        return False
+    spec = importlib.util.find_spec("docker")
+    if spec is not None and spec.origin is None:  # a namespace package: a folder, not the SDK
+        sys.modules["docker"] = None  # type: ignore[assignment]
+        return True
+    return False
 
 
 def point_latest(runs_dir: Path, run_dir: Path) -> Path:
@@ -254,13 +283,14 @@ def run_local(
         ConfigError: the run id is not allowed or already used.
         PipelineFailed: a step failed; names the step and its error.
     """
+    hide_dockerfile_folder()
     from kfp import local
 
     from pipelines.pipeline import PIPELINE_NAME, recsynth_pipeline
 
     console = console or sys.stdout
     runs_dir = Path(runs_dir).absolute()
-    run_id = run_id or new_run_id()
+    run_id = new_run_id() if run_id is None else run_id
     _check_run_id(run_id)
     run_dir = runs_dir / run_id
     if run_dir.exists():

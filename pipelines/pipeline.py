@@ -13,6 +13,8 @@ blocked. Deploy sits inside the passed branch only, so a failed audit never touc
 that are running.
 """
 
+# No `from __future__ import annotations` here: KFP reads the pipeline's parameter annotations
+# when it is decorated, and postponed (string) annotations fail its type checks.
 from kfp import dsl
 
 from components.deploy.component import deploy

@@ -29,7 +29,8 @@ DEFAULT_EXPERIMENT = "recsynth"
 # Kubernetes namespaces are DNS-1123 labels.
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The run name doubles as the run id deploy puts into storage paths and names (1-63 chars).
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def build_submission(args: argparse.Namespace, environ: dict[str, str] | None = 
     run_name = args.run_name or "recsynth-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     if not _RUN_NAME.match(run_name):
         raise ConfigError(
-            f"--run-name {run_name!r} is not allowed: 1-128 letters, digits, '.', '_' or '-'"
+            f"--run-name {run_name!r} is not allowed: 1-63 letters, digits, '.', '_' or '-'"
         )
     if args.config is not None and not Path(args.config).is_file():
         raise ConfigError(f"--config {args.config}: file does not exist")

@@ -209,11 +209,12 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def _sections(cfg: ReportConfig, figures: dict[str, Any]) -> list[tuple[str, list[str], list]]:
     """The report as (heading, column names, rows) tables, shared by the md and html writers."""
     verdict = "PASSED" if figures["audit_passed"] else "FAILED"
-    deployment = (
-        "deployed"
-        if figures["deployed"]
-        else "blocked by the DP audit: export, register_features and deploy did not run"
-    )
+    if not figures["deployed"]:
+        deployment = "blocked by the DP audit: export, register_features and deploy did not run"
+    elif figures["endpoints"]:
+        deployment = f"deployed: {len(figures['endpoints'])} local server(s), manifests rendered"
+    else:
+        deployment = "deployed: manifests rendered, no local servers started"
     eps = figures["epsilon"]
     privacy = figures["privacy"]
     return [

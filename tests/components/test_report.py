@@ -134,6 +134,7 @@ def test_deployed_run_metrics(tmp_path, dirs):
     assert "| real_plus_synthetic | 0.14 | 0.0705 |" in md
     assert "http://127.0.0.1:19080/v2/models/recommender" in md
     assert "| dropped: cancellation | 50 |" in md
+    assert "| deployment | deployed: 2 local server(s), manifests rendered |" in md
 
 
 def test_blocked_run_says_so(tmp_path, dirs):

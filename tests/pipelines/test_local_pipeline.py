@@ -1,0 +1,112 @@
+"""The whole pipeline under the KFP local runner, on a small slice of the bundled data.
+
+Both sides of the DP audit gate: a generous budget deploys (deploy's output really exists), a
+tiny one blocks deployment (deploy never ran, the report says so). A failing step stops the run
+with its own error and nothing downstream runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.common.config import load_config
+from pipelines import local
+
+TEST_CONFIG = "configs/test.yaml"
+GATED = ("export", "register-features", "deploy")
+
+
+def _config(tmp_path, budget: float):
+    return load_config(
+        TEST_CONFIG,
+        run={"epsilon_budget": budget},
+        # Deploy's state file goes to the test's folder, not the checkout.
+        deploy={"state_dir": str(tmp_path / "state")},
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_audit_passes_and_deploy_runs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    result = local.run_local(
+        _config(tmp_path, 1000.0), source="bundled", run_id="gate-open", runs_dir=runs
+    )
+
+    # Everything of the run lives under runs/<run-id>/, and latest points at it.
+    assert result.run_dir == runs / "gate-open"
+    assert (runs / "latest").resolve() == result.run_dir.resolve()
+    assert result.artifacts_dir.parent == result.run_dir
+    for name in ("report.md", "report.html", "metrics.json", "config.yaml", "pipeline.log"):
+        assert (result.run_dir / name).is_file(), name
+
+    metrics = result.metrics
+    assert metrics["audit_passed"] is True
+    assert metrics["deployed"] is True
+    audit = json.loads((result.task_dir("dp-audit") / "audit" / "audit.json").read_text())
+    assert audit["passed"] is True
+    assert metrics["epsilon"]["total"] == pytest.approx(audit["total_epsilon"])
+    assert metrics["epsilon"]["budget"] == 1000.0
+    for model in ("popularity", "real_only", "real_plus_synthetic"):
+        assert 0.0 <= metrics["metrics"][model]["hr@10"] <= 1.0
+    assert metrics["cleaning"]["rows_kept"] > 0
+    for step in ("ingest", "generate", "fuse", "train", "dp_audit", "export", "deploy"):
+        assert metrics["steps"][step] > 0, step
+
+    # The deploy task really ran: its output exists with its content.
+    deployment = result.task_dir("deploy") / "deployment"
+    servers = json.loads((deployment / "servers.json").read_text())
+    assert servers["run_id"] == "gate-open"
+    assert servers["servers"] == []  # start_servers is off in the test config
+    assert any((deployment / "manifests").rglob("*.yaml"))
+    assert (result.task_dir("export") / "exported" / "recommender" / "model.onnx").is_file()
+    assert not result.task_dir("report-2").exists()
+
+    # One progress line per step start and finish, and nothing else on the console.
+    out = capsys.readouterr().out.splitlines()
+    for task in ("ingest", "generate", "fuse", "train", "dp-audit", *GATED, "report"):
+        assert any(line.split()[1:3] == [task, "started"] for line in out), task
+        assert any(line.split()[1:4] == [task, "finished", "in"] for line in out), task
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_audit_fails_and_deploy_is_blocked(tmp_path):
+    runs = tmp_path / "runs"
+    result = local.run_local(
+        _config(tmp_path, 0.01), source="bundled", run_id="gate-shut", runs_dir=runs
+    )
+
+    assert result.metrics["audit_passed"] is False
+    assert result.metrics["deployed"] is False
+    assert result.metrics["endpoints"] == []
+    audit = json.loads((result.task_dir("dp-audit") / "audit" / "audit.json").read_text())
+    budget = next(c for c in audit["checks"] if c["name"] == "total_within_budget")
+    assert budget["passed"] is False
+    for task in GATED:
+        assert not result.task_dir(task).exists(), task
+    assert result.task_dir("report-2").is_dir()
+    assert "blocked by the DP audit" in (result.run_dir / "report.md").read_text()
+    assert (runs / "latest").resolve() == result.run_dir.resolve()
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["status"] == "succeeded"
+    assert record["deployed"] is False
+
+
+@pytest.mark.integration
+def test_failing_step_stops_the_run(tmp_path):
+    runs = tmp_path / "runs"
+    missing = tmp_path / "no-such-log.parquet"
+    with pytest.raises(local.PipelineFailed) as failed:
+        local.run_local(_config(tmp_path, 10.0), source=str(missing), run_id="r", runs_dir=runs)
+
+    assert failed.value.step == "ingest"
+    assert "no-such-log.parquet" in failed.value.message
+    run_dir = runs / "r"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed"
+    assert record["failed_step"] == "ingest"
+    assert not (run_dir / "artifacts" / "generate").exists()
+    assert not (runs / "latest").exists()
