@@ -1,0 +1,250 @@
+"""Export the synthetic-session generator to one self-contained ONNX file, checked against torch.
+
+The graph takes ``input_ids`` int64 [batch, seq] and returns ``logits`` float32
+[batch, seq, vocab]: the next-token logits at every position, with causal attention and no key/
+value cache, so a client decodes by re-running the growing prefix. Rows of different lengths are
+right-padded with ``pad_id``; under causal attention padding after a row's last real token does not
+change that row's earlier logits, so a client reads each row at its own last real position. The
+weights live inside the .onnx file (no external .data).
+
+Before anything is written, ONNX Runtime's output is compared with torch's on token sequences of
+the generator's own format (``[bos, country, items..., eos]``) for every configured batch size and
+length.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.common.errors import ConfigError, InputError
+from components.export.config import ExportConfig
+from components.export.recommender import ExportError
+from components.generate.model import load_model
+from components.generate.sample import sample_sequences
+from components.generate.tokenizer import PAD_ID, TOKENIZER_FILE, VOCAB_FILE, ItemVocab
+
+logger = logging.getLogger(__name__)
+
+MODEL_ONNX = "model.onnx"
+METADATA = "metadata.json"
+INPUT_NAME, OUTPUT_NAME = "input_ids", "logits"
+PARITY_SEED = 0
+
+
+class LogitsOnly(torch.nn.Module):
+    """``input_ids -> logits`` with per-row positions and no cache: the served signature."""
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        batch, length = input_ids.shape
+        positions = torch.arange(length, device=input_ids.device).unsqueeze(0).repeat(batch, 1)
+        return self.lm(input_ids=input_ids, position_ids=positions, use_cache=False).logits
+
+
+def parity_inputs(records: list[list[int]], batch_size: int, length: int) -> np.ndarray:
+    """A right-padded ``[batch_size, length]`` batch cut from token ``records``.
+
+    Rows cycle through the records; every other row is cut shorter than ``length`` (when it can
+    be) so the padding path is exercised as well.
+    """
+    out = np.full((batch_size, length), PAD_ID, dtype=np.int64)
+    for row in range(batch_size):
+        rec = records[row % len(records)][:length]
+        keep = len(rec) if row % 2 == 0 else max(1, min(len(rec), length - 1 - row // 2))
+        out[row, :keep] = rec[:keep]
+    return out
+
+
+def _onnx_export(wrapper: LogitsOnly, path: Path, *, example: torch.Tensor, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    seq = torch.export.Dim("seq", min=1)
+    try:
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            external_data=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}},
+        )
+        # One file: the generator's server loads a single artifact.
+        program.save(str(path), external_data=False)
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed for the generator: {exc}") from exc
+    leftovers = sorted(p.name for p in path.parent.iterdir() if p.name.endswith(".data"))
+    if leftovers:
+        raise ExportError(f"export wrote external weight files {leftovers}; expected one .onnx")
+
+
+def _check_graph(path: Path, vocab_size: int) -> dict[str, Any]:
+    """The graph's signature, after checking it is the promised one."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    inputs = [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input]
+    outputs = [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output]
+    if inputs != [(INPUT_NAME, onnx.TensorProto.INT64)]:
+        raise ExportError(f"graph inputs are {inputs}; expected one int64 {INPUT_NAME!r}")
+    if outputs != [(OUTPUT_NAME, onnx.TensorProto.FLOAT)]:
+        raise ExportError(f"graph outputs are {outputs}; expected one float32 {OUTPUT_NAME!r}")
+
+    def dims(value: Any) -> list[Any]:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    in_dims, out_dims = dims(model.graph.input[0]), dims(model.graph.output[0])
+    if len(in_dims) != 2 or not all(isinstance(d, str) for d in in_dims):
+        raise ExportError(f"input axes must be [batch, seq], both dynamic; got {in_dims}")
+    if len(out_dims) != 3 or out_dims[2] != vocab_size:
+        raise ExportError(f"output shape {out_dims}; expected [batch, seq, {vocab_size}]")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {
+        "inputs": [{"name": INPUT_NAME, "dtype": "int64", "shape": in_dims}],
+        "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": out_dims}],
+        "opset": int(opset),
+    }
+
+
+def check_parity(
+    wrapper: LogitsOnly,
+    onnx_path: Path,
+    records: list[list[int]],
+    *,
+    batch_sizes: tuple[int, ...],
+    lengths: tuple[int, ...],
+    max_length: int,
+    atol: float,
+) -> list[dict[str, Any]]:
+    """Max |ORT - torch| per (batch size, length); raises ExportError above ``atol``.
+
+    Lengths above ``max_length`` are capped at it: the model has no positions beyond.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    if session.get_providers()[0] != "CPUExecutionProvider":
+        raise ExportError(f"parity must run on CPU, got providers {session.get_providers()}")
+    cases = []
+    for length in sorted({min(int(n), max_length) for n in lengths}):
+        for batch_size in sorted({int(b) for b in batch_sizes}):
+            ids = parity_inputs(records, batch_size, length)
+            with torch.inference_mode():
+                expected = wrapper(torch.from_numpy(ids)).float().numpy()
+            (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: ids})
+            if got.shape != expected.shape or got.dtype != np.float32:
+                raise ExportError(
+                    f"ORT returned {got.dtype}{got.shape} for batch {batch_size} x seq {length}; "
+                    f"torch {expected.dtype}{expected.shape}"
+                )
+            diff = float(np.max(np.abs(got - expected)))
+            cases.append({"batch_size": batch_size, "seq": length, "max_abs_diff": diff})
+    failed = [c for c in cases if not c["max_abs_diff"] <= atol]
+    if failed:
+        raise ExportError(
+            f"ONNX Runtime and torch disagree beyond parity_atol={atol}: "
+            + ", ".join(
+                f"batch {c['batch_size']} x seq {c['seq']}: {c['max_abs_diff']:.3g}" for c in failed
+            )
+        )
+    return cases
+
+
+def export_generator(generator_dir: Path, out_dir: Path, *, cfg: ExportConfig) -> dict[str, Any]:
+    """Write ``model.onnx``, ``vocab.json``, ``tokenizer.json`` and ``metadata.json``.
+
+    ``out_dir`` is created (it sits inside the export step's atomic directory, which is what
+    keeps a failed export from leaving files behind).
+
+    Returns:
+        The metadata: graph signature, opset, vocabulary size, max_length and the parity figures
+        (``max_abs_diff`` per batch size and length, and their maximum).
+
+    Raises:
+        InputError: ``generator_dir`` lacks the model or its vocabulary.
+        ExportError: the export fails, the graph is not the promised one, or ORT and torch
+            disagree beyond ``cfg.parity_atol``.
+    """
+    from components.common.artifacts import write_json
+
+    generator_dir, out_dir = Path(generator_dir), Path(out_dir)
+    if not cfg.parity_batch_sizes or not cfg.parity_lengths:
+        raise ConfigError(
+            f"export.parity_batch_sizes={cfg.parity_batch_sizes} and export.parity_lengths="
+            f"{cfg.parity_lengths} must both be non-empty: the export is only written once checked"
+        )
+    bad = [v for v in (*cfg.parity_batch_sizes, *cfg.parity_lengths) if v < 1]
+    if bad:
+        raise ConfigError(f"export parity batch sizes and lengths must be >= 1, got {bad}")
+    if not generator_dir.is_dir():
+        raise InputError("generator model directory is missing", file=str(generator_dir))
+    vocab = ItemVocab.load(generator_dir)
+    lm = load_model(generator_dir).float()
+    if lm.config.vocab_size != len(vocab):
+        raise InputError(
+            f"model vocab_size={lm.config.vocab_size} disagrees with vocab.json ({len(vocab)})",
+            file=str(generator_dir / VOCAB_FILE),
+        )
+    wrapper = LogitsOnly(lm).eval()
+
+    # Token sequences in the generator's own format, drawn from the model itself: the export
+    # step has no access to real customers, and needs none.
+    sessions = sample_sequences(lm, vocab, max(cfg.parity_batch_sizes), seed=PARITY_SEED)
+    records = [vocab.encode(country, items) for country, items in sessions]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / MODEL_ONNX
+    example = torch.from_numpy(parity_inputs(records, 2, min(8, vocab.max_length)))
+    _onnx_export(wrapper, onnx_path, example=example, opset=cfg.opset)
+    signature = _check_graph(onnx_path, len(vocab))
+    cases = check_parity(
+        wrapper,
+        onnx_path,
+        records,
+        batch_sizes=cfg.parity_batch_sizes,
+        lengths=cfg.parity_lengths,
+        max_length=vocab.max_length,
+        atol=cfg.parity_atol,
+    )
+
+    shutil.copyfile(generator_dir / VOCAB_FILE, out_dir / VOCAB_FILE)
+    if (generator_dir / TOKENIZER_FILE).is_file():
+        shutil.copyfile(generator_dir / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
+    else:
+        vocab.to_tokenizers().save(str(out_dir / TOKENIZER_FILE))
+    metadata = {
+        "model": "generator",
+        "architecture": lm.config.model_type,
+        **signature,
+        "vocab_size": len(vocab),
+        "max_length": vocab.max_length,
+        "pad_id": PAD_ID,
+        "padding": "right; read each row's logits at its last real token",
+        "parity": {
+            "atol": cfg.parity_atol,
+            "cases": cases,
+            "max_abs_diff": max(c["max_abs_diff"] for c in cases),
+        },
+        "onnx_bytes": onnx_path.stat().st_size,
+    }
+    write_json(out_dir / METADATA, metadata)
+    logger.info(
+        "exported generator: vocab %d, max_length %d, opset %d, parity max |diff| %.2e over %d "
+        "shapes",
+        len(vocab),
+        vocab.max_length,
+        signature["opset"],
+        metadata["parity"]["max_abs_diff"],
+        len(cases),
+    )
+    return metadata
