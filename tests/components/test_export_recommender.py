@@ -1,0 +1,165 @@
+"""Tests of the recommender's ONNX export: one file, dynamic axes, parity with torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from pydantic import ValidationError
+
+from components.common.artifacts import write_json
+from components.common.errors import InputError
+from components.common.ids import ItemMap
+from components.common.recommender_model import (
+    NextItemScorer,
+    RecommenderConfig,
+    SequentialRecommender,
+    load_recommender,
+)
+from components.export.config import ExportConfig
+from components.export.recommender import ExportError, check_parity, export_recommender
+
+N_ITEMS = 40
+MAX_HISTORY = 12
+
+
+def _write_inputs(root: Path) -> tuple[Path, Path]:
+    """A recommender_model/ with random weights and a training_set/ with real histories."""
+    rng = np.random.default_rng(0)
+    ids = [f"{30000 + i}" for i in range(1, N_ITEMS + 1)]
+    training = root / "training_set"
+    training.mkdir()
+    ItemMap(ids).save(training / "item_map.json")
+    seqs = [list(rng.choice(np.arange(1, N_ITEMS + 1), size=n, replace=False)) for n in (3, 20, 7)]
+    pd.DataFrame(
+        {
+            "seq_id": ["real-a", "real-b", "syn-c"],
+            "source": ["real", "real", "synthetic"],
+            "customer_id": ["a", "b", None],
+            "items": [[int(i) for i in s] for s in seqs],
+            "weight": [1.0, 1.0, 0.5],
+        }
+    ).to_parquet(training / "train_sequences.parquet", index=False)
+    pd.DataFrame(
+        {
+            "item_index": np.arange(1, N_ITEMS + 1),
+            "item_id": ids,
+            "description": [f"THING {i}" for i in ids],
+            "price_band": np.arange(N_ITEMS) % 3,
+            "popularity": np.arange(N_ITEMS)[::-1],
+        }
+    ).to_parquet(training / "item_features.parquet", index=False)
+
+    torch.manual_seed(0)
+    cfg = RecommenderConfig(
+        n_items=N_ITEMS, n_price_bands=3, d_model=16, n_layers=2, n_heads=2, max_history=MAX_HISTORY
+    )
+    text = torch.nn.functional.normalize(torch.randn(N_ITEMS + 1, 384), dim=1)
+    model = SequentialRecommender(cfg, text, torch.arange(N_ITEMS + 1) % 3)
+    with torch.no_grad():  # larger weights than the init, so scores are far from uniform
+        model.head.weight.mul_(20)
+    recommender = root / "recommender_model"
+    recommender.mkdir()
+    torch.save(model.state_dict(), recommender / "model.pt")
+    write_json(recommender / "model_config.json", cfg.model_dump())
+    ItemMap(ids).save(recommender / "item_map.json")
+    return recommender, training
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path, Path]:
+    root = tmp_path_factory.mktemp("export")
+    recommender, training = _write_inputs(root)
+    cfg = ExportConfig(parity_batch_sizes=(1, 3), parity_lengths=(1, 5, 50))
+    meta = export_recommender(recommender, training, root / "out", cfg=cfg)
+    return meta, recommender, training, root / "out"
+
+
+def test_parity_within_tolerance_on_every_case(exported: tuple) -> None:
+    meta, *_ = exported
+    parity = meta["parity"]
+    # Lengths above max_history are capped at it.
+    cases = {(c["batch_size"], c["history"]) for c in parity["cases"]}
+    assert cases == {(b, n) for b in (1, 3) for n in (1, 5, MAX_HISTORY)}
+    assert parity["max_abs_diff"] <= 1e-4
+    assert all(c["max_abs_diff"] <= 1e-4 for c in parity["cases"])
+
+
+def test_one_file_with_dynamic_axes(exported: tuple) -> None:
+    meta, recommender, _, out = exported
+    assert sorted(p.name for p in out.iterdir()) == [
+        "catalogue.json",
+        "item_map.json",
+        "metadata.json",
+        "model.onnx",
+        "model_config.json",
+    ]
+    data = (out / "model.onnx").read_bytes()
+    assert meta["model_version"] == hashlib.sha256(data).hexdigest()[:12]
+    assert json.loads((out / "metadata.json").read_text())["model_version"] == meta["model_version"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["item_ids"]
+    assert [o.name for o in session.get_outputs()] == ["scores"]
+    # A shape never used during export or parity.
+    ids = np.zeros((5, 9), dtype=np.int64)
+    ids[:, -3:] = [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12], [13, 14, 15]]
+    (scores,) = session.run(["scores"], {"item_ids": ids})
+    assert scores.shape == (5, N_ITEMS + 1) and scores.dtype == np.float32
+    # Left padding does not change the answer, in the exported graph too.
+    (short,) = session.run(["scores"], {"item_ids": ids[:, -3:]})
+    np.testing.assert_allclose(scores, short, atol=1e-5)
+    scorer = NextItemScorer(load_recommender(recommender))
+    with torch.inference_mode():
+        expected = scorer(torch.from_numpy(ids)).numpy()
+    assert float(np.abs(scores - expected).max()) <= 1e-4
+
+
+def test_catalogue_lists_every_item(exported: tuple) -> None:
+    _, _, _, out = exported
+    catalogue = json.loads((out / "catalogue.json").read_text())
+    assert catalogue["max_history"] == MAX_HISTORY
+    items = catalogue["items"]
+    assert [i["index"] for i in items] == list(range(1, N_ITEMS + 1))
+    assert items[0] == {
+        "index": 1,
+        "item_id": "30001",
+        "description": "THING 30001",
+        "popularity": N_ITEMS - 1,
+        "price_band": 0,
+    }
+
+
+def test_parity_failure_raises(exported: tuple) -> None:
+    _, recommender, training, out = exported
+    model = load_recommender(recommender)
+    with torch.no_grad():
+        model.head.bias[5] += 0.01  # torch now differs from the exported graph
+    histories = [[1, 2, 3], [4, 5]]
+    with pytest.raises(ExportError, match="parity_atol"):
+        check_parity(
+            NextItemScorer(model),
+            out / "model.onnx",
+            histories,
+            batch_sizes=(2,),
+            lengths=(3,),
+            atol=1e-4,
+        )
+
+
+def test_missing_weights_is_an_input_error(tmp_path: Path) -> None:
+    recommender, training = _write_inputs(tmp_path)
+    (recommender / "model.pt").unlink()
+    with pytest.raises(InputError, match="model.pt"):
+        export_recommender(recommender, training, tmp_path / "out", cfg=ExportConfig())
+
+
+@pytest.mark.parametrize("bad", [{"parity_atol": 0}, {"opset": 12}, {"parity_lengths": "x"}])
+def test_bad_config_raises(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        ExportConfig(**bad)
