@@ -19,9 +19,7 @@ Protocol schema is normalised to a 400 naming the field, and bodies over
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.binding import DEFAULT_HOST, check_host
 from serving.errors import NotReady, PayloadTooLarge, ServingError, UnknownModel
 from serving.kserve_compat import (
     FASTAPI_APP_IMPORT_STRING,
@@ -42,38 +41,9 @@ from serving.kserve_compat import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-# Binding every interface is for a container only (its pod network is the boundary); a local
-# run must say so on purpose, through this variable, or the CLI refuses.
-ALLOW_ALL_INTERFACES_ENV = "RECSYNTH_ALLOW_ALL_INTERFACES"
 # The largest request body accepted: far above any valid request (256 instances of 1,000 item
 # ids), small enough that a runaway client cannot make the server buffer gigabytes.
 MAX_BODY_BYTES = 2 * 1024 * 1024
-
-
-def check_host(host: str) -> str:
-    """Return ``host`` if it is a loopback address, or a wildcard explicitly allowed.
-
-    Args:
-        host: the address the REST server should bind.
-
-    Returns:
-        The host, unchanged.
-
-    Raises:
-        ValueError: ``host`` binds every interface (``0.0.0.0``, ``::``) and
-            ``RECSYNTH_ALLOW_ALL_INTERFACES=1`` is not set.
-    """
-    try:
-        is_wildcard = ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        is_wildcard = host == ""
-    if is_wildcard and os.environ.get(ALLOW_ALL_INTERFACES_ENV) != "1":
-        raise ValueError(
-            f"--host {host!r} would listen on every interface; use 127.0.0.1, or set "
-            f"{ALLOW_ALL_INTERFACES_ENV}=1 inside a container"
-        )
-    return host
 
 
 def _field_from_loc(loc: tuple[Any, ...]) -> str:

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import serving_builders as b
 
+from serving.binding import check_host
 from serving.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge
 from serving.generator import GeneratorModel, Vocab, sample_tokens
 from serving.onnx_session import CPU, check_io, create_session
 from serving.recommender import Catalogue, RecommenderModel
-from serving.server import _field_from_loc, check_host
+from serving.server import _field_from_loc
 from serving.validation import TensorSpec, get_float, get_int, instances_of, v2_tensors
 
 HAS_GPU = shutil.which("nvidia-smi") is not None
