@@ -46,3 +46,6 @@ class GenerateConfig(StrictModel):
     # Synthetic sequences never repeat an item, like the real ones (distinct items in order of
     # first purchase).
     no_repeat_items: bool = True
+    # torch intra-op threads for training and sampling; None keeps torch's default (all cores).
+    # On a machine shared with other jobs, 1 is often faster than a contended 2.
+    num_threads: int | None = Field(default=None, ge=1)

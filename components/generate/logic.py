@@ -9,14 +9,17 @@ trains a causal LM with DP-SGD, saves it with its vocabulary and privacy record 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from components.common import artifacts
 from components.common.artifacts import StepTimer, atomic_dir, read_parquet, write_json
@@ -33,6 +36,18 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_SCHEMA = pa.schema(
     [("synthetic_id", pa.string()), ("country", pa.string()), ("items", pa.list_(pa.string()))]
 )
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (``None``: leave torch's setting)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def read_sequences(cleaned_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -61,6 +76,20 @@ def read_sequences(cleaned_dir: Path) -> tuple[pd.DataFrame, list[str]]:
         row = int(missing.to_numpy().nonzero()[0][0])
         raise InputError("country is missing", file=str(path), column="country", row=row)
     return sequences[["customer_id", "country", "items"]], catalogue["item_id"].astype(str).tolist()
+
+
+def customer_records(train_part: pd.DataFrame, vocab: ItemVocab) -> list[list[int]]:
+    """One token record per customer of ``train_part`` (the training parts of the split).
+
+    Each record is ``[bos, country, items..., eos]`` of at most ``vocab.max_length`` tokens. A
+    customer whose training items all lie outside the catalogue has nothing to learn from and is
+    left out.
+    """
+    records = [
+        vocab.encode(country, list(items))
+        for country, items in zip(train_part["country"], train_part["items"], strict=True)
+    ]
+    return [rec for rec in records if len(rec) > FRAME_TOKENS]
 
 
 def write_synthetic(path: Path, sessions: list[tuple[str, list[str]]]) -> None:
@@ -105,12 +134,7 @@ def run(
     sequences, catalogue = read_sequences(cleaned_dir)
     train_part = leave_last_out(sequences).train
     vocab = ItemVocab.build(catalogue, train_part["country"], cfg.max_length)
-    records = [
-        vocab.encode(country, list(items))
-        for country, items in zip(train_part["country"], train_part["items"], strict=True)
-    ]
-    # A customer whose training items all lie outside the catalogue carries nothing to learn.
-    records = [rec for rec in records if len(rec) > FRAME_TOKENS]
+    records = customer_records(train_part, vocab)
     if not records:
         raise InputError(
             "no customer has a training item in the catalogue",
@@ -128,8 +152,13 @@ def run(
         cfg.max_length,
     )
 
+    torch.manual_seed(seed)  # the initial weights too
     model = build_model(cfg.architecture, cfg.size, len(vocab), cfg.max_length)
-    with atomic_dir(model_dir) as model_tmp, atomic_dir(synthetic_dir) as synthetic_tmp:
+    with (
+        _torch_threads(cfg.num_threads),
+        atomic_dir(model_dir) as model_tmp,
+        atomic_dir(synthetic_dir) as synthetic_tmp,
+    ):
         train_started = time.perf_counter()
         result = train_generator(model, records, cfg, seed=seed)
         train_wall = time.perf_counter() - train_started
