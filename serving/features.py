@@ -8,6 +8,7 @@ cheap and torch-free until a recommender actually loads a feature store.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ class CustomerHistory:
                 f"feature view {FEATURE_VIEW!r} has no feature {FEATURE!r} (it has {features})"
             )
         self._ref = f"{FEATURE_VIEW}:{FEATURE}"
+        # Requests run in a thread pool and the sqlite online store shares one connection
+        # (opened with check_same_thread=False): reads are serialised here, ~20 ms each.
+        self._lock = threading.Lock()
         logger.info("feature store %s open, reading %s", repo_path, self._ref)
 
     def recent_items(self, customer_ids: list[str]) -> list[list[str] | None]:
@@ -75,10 +79,11 @@ class CustomerHistory:
         if not customer_ids:
             return []
         try:
-            response = self._store.get_online_features(
-                features=[self._ref],
-                entity_rows=[{JOIN_KEY: cid} for cid in customer_ids],
-            ).to_dict()
+            with self._lock:
+                response = self._store.get_online_features(
+                    features=[self._ref],
+                    entity_rows=[{JOIN_KEY: cid} for cid in customer_ids],
+                ).to_dict()
         except Exception as exc:  # sqlite/redis errors surface as many types
             raise NotReady(f"the online feature store could not be read: {exc}") from exc
         # Feast answers every requested row, with None values for entities it does not know.

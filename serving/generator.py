@@ -11,6 +11,7 @@ as the training data does). The ``n`` samples of one instance run as one batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,8 +252,11 @@ class GeneratorModel(kserve.Model):
     def _job(self, inst: dict[str, Any], where: str) -> Job:
         vocab = self.vocab
         reject_unknown_keys(inst, INSTANCE_KEYS, where)
+        # bos, country and eos frame a session, so at most max_length - 3 items fit, as in
+        # the generator's training records; the prefix leaves room for one sampled item.
+        max_total = vocab.max_length - 3
         prefix = get_str_list(
-            inst, "prefix", where, max_len=vocab.max_length - 3, allow_empty=True, default=[]
+            inst, "prefix", where, max_len=max_total - 1, allow_empty=True, default=[]
         )
         prefix_ids = []
         for j, code in enumerate(prefix):
@@ -264,7 +268,7 @@ class GeneratorModel(kserve.Model):
                     allowed="a stock code in the generator's vocabulary",
                 )
             prefix_ids.append(self._item_index[code])
-        cap = min(MAX_ITEMS_CAP, vocab.max_length - 2 - len(prefix))
+        cap = min(MAX_ITEMS_CAP, max_total - len(prefix))
         country = get_str(inst, "country", where, default=None)
         if country is not None and country not in vocab.countries:
             raise BadRequest(
@@ -393,8 +397,16 @@ class GeneratorModel(kserve.Model):
             for row in range(n)
         ]
 
-    def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
-        """Sample the sessions of every job (one ORT batch of n rows per step)."""
+    async def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
+        """Sample the sessions of every job (one ORT batch of n rows per step).
+
+        Runs in the event loop's executor: ORT (and Feast) calls block, and readiness probes and
+        other requests must still be answered meanwhile.
+        """
+        return await asyncio.get_running_loop().run_in_executor(None, self.run_batch, payload)
+
+    def run_batch(self, payload: dict[str, Any]) -> dict:
+        """The blocking body of :meth:`predict`, on the preprocessed ``payload``."""
         results = [self._generate(job) for job in payload["jobs"]]
         logger.info("generate: %d sessions sampled", sum(len(r) for r in results))
         return {**payload, "results": results}

@@ -8,6 +8,7 @@ for the protocol the request came in on. See docs/serving.md for the wire format
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,8 +354,16 @@ class RecommenderModel(kserve.Model):
         top = top[np.lexsort((top, -scores[top]))]
         return top.tolist(), scores[top].tolist()
 
-    def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
-        """Rank items for each query: ONNX scores where a history exists, popularity otherwise."""
+    async def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
+        """Rank items for each query: ONNX scores where a history exists, popularity otherwise.
+
+        Runs in the event loop's executor: ORT (and Feast) calls block, and readiness probes and
+        other requests must still be answered meanwhile.
+        """
+        return await asyncio.get_running_loop().run_in_executor(None, self.run_batch, payload)
+
+    def run_batch(self, payload: dict[str, Any]) -> dict:
+        """The blocking body of :meth:`predict`, on the preprocessed ``payload``."""
         cat = self.catalogue
         queries: list[Query] = payload["queries"]
         histories = self._histories(queries)

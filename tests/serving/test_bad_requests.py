@@ -92,13 +92,13 @@ CASES = [
     ("gen-prefix-unknown", GEN_V1, inst(prefix=["85123A", "NOPE1"]), 400, "instances[0].prefix[1]"),
     ("gen-prefix-int", GEN_V1, inst(prefix=[85123]), 400, "instances[0].prefix[0]"),
     ("gen-prefix-not-list", GEN_V1, inst(prefix="85123A"), 400, "instances[0].prefix"),
-    ("gen-prefix-too-long", GEN_V1, inst(prefix=["85123A"] * 14), 400, "instances[0].prefix"),
+    ("gen-prefix-too-long", GEN_V1, inst(prefix=["85123A"] * 13), 400, "instances[0].prefix"),
     ("gen-n-zero", GEN_V1, inst(n=0), 400, "instances[0].n"),
     ("gen-n-too-big", GEN_V1, inst(n=33), 400, "instances[0].n"),
     ("gen-n-float", GEN_V1, inst(n=2.0), 400, "instances[0].n"),
     ("gen-max-items-zero", GEN_V1, inst(max_items=0), 400, "instances[0].max_items"),
-    ("gen-max-items-over-context", GEN_V1, inst(max_items=15), 400, "instances[0].max_items"),
-    ("gen-max-items-over-context-with-prefix", GEN_V1, inst(prefix=["85123A"], max_items=14),
+    ("gen-max-items-over-context", GEN_V1, inst(max_items=14), 400, "instances[0].max_items"),
+    ("gen-max-items-over-context-with-prefix", GEN_V1, inst(prefix=["85123A"], max_items=13),
      400, "instances[0].max_items"),
     ("gen-top-k-zero", GEN_V1, inst(top_k=0), 400, "instances[0].top_k"),
     ("gen-top-p-zero", GEN_V1, inst(top_p=0), 400, "instances[0].top_p"),
@@ -146,6 +146,19 @@ def test_bad_request(servers, target, body, status, names):
     error = r.json()
     assert names in error["error"], error
     assert "Traceback" not in r.text
+
+
+def test_streamed_body_over_the_limit_is_413(servers):
+    # No content-length: the limit is enforced while the body is read.
+    chunks = (b" " * (1024 * 1024) for _ in range(3))
+    r = httpx.post(
+        f"{servers.recommender.base}/v1/models/recommender:predict",
+        content=chunks,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 413, r.text
+    assert r.json()["field"] == "body"
 
 
 def test_form_encoded_v1_body_is_still_parsed(servers):

@@ -87,6 +87,18 @@ def test_max_items_and_country_are_honoured(servers):
         assert s["country"] == "France"
 
 
+def test_longest_allowed_session(servers):
+    # max_length 16 leaves 13 items between bos, country and eos: 12 of prefix + 1 sampled.
+    prefix = b.GEN_CODES[:12]
+    (full, free) = generate(
+        servers,
+        [{"prefix": prefix, "max_items": 1, "seed": 3}, {"max_items": 13, "seed": 3, "n": 2}],
+    )
+    assert 12 <= len(full["sessions"][0]["items"]) <= 13
+    assert full["sessions"][0]["items"][:12] == prefix
+    assert all(1 <= len(s["items"]) <= 13 for s in free["sessions"])
+
+
 def test_v2_generate(servers):
     body = {
         "inputs": [

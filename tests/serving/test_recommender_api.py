@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import numpy as np
 import onnxruntime as ort
@@ -191,3 +193,11 @@ def test_v2_metadata_and_readiness(servers):
     assert ready.status_code == 200
     assert ready.json() == {"name": "recommender", "ready": True}
     assert httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 200
+
+
+def test_concurrent_requests_get_the_same_answers(servers):
+    instances = [{"user_id": c, "k": 4} for c in [*b.HISTORIES, b.UNKNOWN_CUSTOMER]] * 3
+    want = {i["user_id"]: v1(servers, [i])[0] for i in instances}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda inst: v1(servers, [inst])[0], instances))
+    assert got == [want[i["user_id"]] for i in instances]

@@ -201,7 +201,7 @@ def test_vocab_country_ids_must_precede_the_items(tmp_path):
 
 async def _call(model, body):
     payload = await model.preprocess(body)
-    return model.postprocess(model.predict(payload))
+    return model.postprocess(await model.predict(payload))
 
 
 def test_model_version_falls_back_to_the_onnx_hash(tmp_path):
