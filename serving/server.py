@@ -6,8 +6,9 @@ parameter anywhere. uvicorn reads ``config.host`` only when it binds, in ``Serve
 :class:`LoopbackRESTServer` lets KServe build everything as usual and then sets the host on that
 same Config object before anything listens. :class:`LocalModelServer` overrides ``start`` only
 to construct that RESTServer (single worker, no gRPC server, which would bind ``[::]``); model
-registration, the event loop setup and serving are KServe's own methods. No KServe module is
-patched, so every other ModelServer in the process is unaffected.
+registration, the event loop setup and serving are KServe's own methods. No KServe code is
+patched: the error handlers and the body limit below are added to KServe's FastAPI app the same
+way KServe adds its own.
 
 The same place installs the error mapping: :class:`serving.errors.ServingError` becomes its
 status with a JSON body, KServe's own ``InvalidInput`` (a body that does not decode) stays a 400
