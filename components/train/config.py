@@ -11,8 +11,8 @@ from components.common.privacy import DPConfig
 from components.common.strict import StrictModel
 
 # How Opacus gets per-sample gradient norms. "ghost" computes the norms without materialising
-# per-sample gradients (a hooks-mode per-sample gradient of the item tables is batch x catalogue x
-# width floats); it gives the same clipped gradient as "hooks" for this model (tested) and is faster.
+# per-sample gradients (hooks mode keeps a batch x catalogue x width gradient per item table);
+# for this model it gives the same clipped gradient as "hooks" (tested) and is faster.
 GradSampleMode = Literal["ghost", "hooks"]
 
 

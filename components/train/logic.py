@@ -219,8 +219,9 @@ def fit(
         for inputs, targets, weights in loader:
             optimizer.zero_grad(set_to_none=True)
             if inputs.shape[0] == 0:
-                # An empty Poisson batch still takes its (noise-only) step, as the accountant
-                # assumes; Opacus handles the empty gradient.
+                # An empty Poisson batch still takes its noise-only step, as the accountant
+                # assumes: hand Opacus an empty per-sample gradient (hooks) or a zero sum (ghost).
+                _zero_gradients(optimizer, cfg.grad_sample_mode)
                 optimizer.step()
                 continue
             loss = criterion(train_model(inputs), targets, weights)
@@ -258,6 +259,15 @@ def fit(
             target_epsilon=None,
         )
     return FitResult(trained, record, result_times, result_losses)
+
+
+def _zero_gradients(optimizer: Any, mode: str) -> None:
+    """Gradients of an empty batch, in the form the DP optimizer of ``mode`` reads."""
+    for param in optimizer.params:
+        if mode == "ghost":
+            param.grad = torch.zeros_like(param)
+        else:
+            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)
 
 
 def _check_record(record: PrivacyRecord) -> None:

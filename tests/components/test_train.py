@@ -354,3 +354,13 @@ def test_bad_config_raises(bad: dict) -> None:
 def test_dp_config_rejects_nonpositive_epsilon() -> None:
     with pytest.raises(ValidationError):
         DPConfig(target_epsilon=0)
+
+
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_empty_poisson_batches_still_take_their_steps(tmp_path: Path, mode: str) -> None:
+    # Expected batch 1 of 20 records: about a third of the Poisson batches are empty.
+    training = write_training_set(tmp_path, n_real=20, n_synthetic=0)
+    cfg = tiny_config(batch_size=1, epochs=1, grad_sample_mode=mode)
+    summary = run(cfg, training, tmp_path / "model", seed=0)
+    assert summary["privacy"]["steps"] == 20
+    assert summary["privacy"]["sample_rate"] == pytest.approx(1 / 20)
