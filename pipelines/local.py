@@ -317,6 +317,8 @@ def run_local(
         # SubprocessRunner warns about any image whose name lacks "python"; ours runs locally in
         # this very environment, so the warning says nothing.
         warnings.filterwarnings("ignore", message="You may be attemping", category=RuntimeWarning)
+        # Display names only matter in the KFP UI.
+        warnings.filterwarnings("ignore", message=r".*\['display_name'\] have no effect")
         tee = ProgressTee(log, console)
         failure: BaseException | None = None
         try:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from components.common.images import PIPELINE_IMAGE
 from pipelines import compile as compile_cli
+
+TEST_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "test.yaml")
 
 STEPS = (
     "ingest",
@@ -24,7 +28,7 @@ STEPS = (
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("build") / "recsynth-pipeline.yaml"
-    assert compile_cli.main(["--output", str(path), "--config", "configs/test.yaml"]) == 0
+    assert compile_cli.main(["--output", str(path), "--config", TEST_CONFIG]) == 0
     return yaml.safe_load(path.read_text())
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import itertools
 import sys
+from pathlib import Path
 
 import pytest
 
 from components.common.config import load_config
 from components.common.errors import ConfigError
 from pipelines import local
+
+TEST_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "test.yaml")
 
 
 def _tee() -> tuple[local.ProgressTee, io.StringIO, io.StringIO]:
@@ -98,7 +101,7 @@ def test_latest_link_moves(tmp_path):
 
 
 def test_pipeline_arguments_round_trip():
-    cfg = load_config("configs/test.yaml")
+    cfg = load_config(TEST_CONFIG)
     payload = local.pipeline_arguments(cfg)
 
     assert "delta" not in payload["train"]["dp"]  # None is not a KFP parameter value

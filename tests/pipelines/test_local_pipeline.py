@@ -8,13 +8,14 @@ with its own error and nothing downstream runs.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from components.common.config import load_config
 from pipelines import local
 
-TEST_CONFIG = "configs/test.yaml"
+TEST_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "test.yaml")
 GATED = ("export", "register-features", "deploy")
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from pipelines import submit
+
+TEST_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "test.yaml")
 
 HOST = "https://kubeflow.example.com/pipeline"
 
@@ -25,7 +28,7 @@ def test_dry_run_prints_what_would_be_sent(capsys):
         "--experiment",
         "nightly",
         "--config",
-        "configs/test.yaml",
+        TEST_CONFIG,
         "--source",
         "gs://bucket/online-retail/",
         "--run-name",
