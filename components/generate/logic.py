@@ -33,6 +33,11 @@ from components.generate.train import train_generator
 
 logger = logging.getLogger(__name__)
 
+# Decoding runs many small matmuls (one token per row per step): a second intra-op thread gains
+# little there, and on a busy machine a contended one made it ~7x slower (measured). Training,
+# with its large batched matmuls, keeps torch's default unless cfg.num_threads says otherwise.
+SAMPLE_THREADS = 1
+
 SYNTHETIC_SCHEMA = pa.schema(
     [("synthetic_id", pa.string()), ("country", pa.string()), ("items", pa.list_(pa.string()))]
 )
@@ -168,15 +173,16 @@ def run(
 
         # Sample from the saved weights, so the sessions come from exactly what is shipped.
         sample_started = time.perf_counter()
-        sessions = sample_sequences(
-            load_model(model_tmp),
-            vocab,
-            cfg.n_synthetic,
-            seed=seed,
-            temperature=cfg.temperature,
-            batch_size=cfg.sample_batch_size,
-            no_repeat_items=cfg.no_repeat_items,
-        )
+        with _torch_threads(cfg.num_threads or SAMPLE_THREADS):
+            sessions = sample_sequences(
+                load_model(model_tmp),
+                vocab,
+                cfg.n_synthetic,
+                seed=seed,
+                temperature=cfg.temperature,
+                batch_size=cfg.sample_batch_size,
+                no_repeat_items=cfg.no_repeat_items,
+            )
         sample_wall = time.perf_counter() - sample_started
         write_synthetic(synthetic_tmp / artifacts.SYNTHETIC_SESSIONS, sessions)
 
