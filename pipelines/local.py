@@ -43,12 +43,21 @@ import yaml
 from components.common.config import RecsynthConfig, load_config
 from components.common.errors import ConfigError, RecsynthError
 from components.common.logs import configure_logging
+from pipelines.pipeline import (
+    PIPELINE_NAME,
+    REPORT_BLOCKED_TASK,
+    REPORT_DEPLOYED_TASK,
+    recsynth_pipeline,
+)
 
 logger = logging.getLogger(__name__)
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 REPORT_FILES = ("report.md", "report.html", "metrics.json")
 LATEST = "latest"
+
+# Console names of tasks whose KFP name says little (the blocked branch's report is "report-2").
+TASK_LABELS = {REPORT_BLOCKED_TASK: "report (blocked)"}
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
@@ -125,7 +134,7 @@ class ProgressTee:
             task = started.group(1)
             self.steps[task] = StepProgress(task=task, started=self._clock())
             self._current.append(task)
-            self._console.write(f"[recsynth] {task:<18} started\n")
+            self._console.write(f"[recsynth] {TASK_LABELS.get(task, task):<18} started\n")
             self._console.flush()
             return
         finished = _FINISHED.search(line)
@@ -138,7 +147,8 @@ class ProgressTee:
             if task in self._current:
                 self._current.remove(task)
             verb = "finished in" if status == "SUCCESS" else f"{status.lower()} after"
-            self._console.write(f"[recsynth] {task:<18} {verb} {step.wall_s:.1f} s\n")
+            label = TASK_LABELS.get(task, task)
+            self._console.write(f"[recsynth] {label:<18} {verb} {step.wall_s:.1f} s\n")
             self._console.flush()
             return
         for task in self._current:
@@ -234,8 +244,6 @@ def point_latest(runs_dir: Path, run_dir: Path) -> Path:
 
 def find_report_dir(artifacts_dir: Path) -> Path:
     """The output directory of whichever report task ran (deployed or blocked branch)."""
-    from pipelines.pipeline import REPORT_BLOCKED_TASK, REPORT_DEPLOYED_TASK
-
     for task in (REPORT_DEPLOYED_TASK, REPORT_BLOCKED_TASK):
         candidate = artifacts_dir / task / "report"
         if (candidate / "metrics.json").is_file():
@@ -285,8 +293,6 @@ def run_local(
     """
     hide_dockerfile_folder()
     from kfp import local
-
-    from pipelines.pipeline import PIPELINE_NAME, recsynth_pipeline
 
     console = console or sys.stdout
     runs_dir = Path(runs_dir).absolute()

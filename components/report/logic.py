@@ -138,9 +138,11 @@ def _read_endpoints(deployment_dir: Path | None) -> list[dict[str, Any]]:
         model = server.get("model") or server.get("name")
         host = server.get("host", "127.0.0.1")
         port = server.get("port")
-        url = server.get("url") or (
-            f"http://{host}:{port}/v2/models/{model}" if port is not None and model else None
-        )
+        base = server.get("url") or (f"http://{host}:{port}" if port is not None else None)
+        # The model's V2 endpoint; deploy records the server's base URL.
+        url = base
+        if base and model and "/v2/models/" not in base:
+            url = f"{base.rstrip('/')}/v2/models/{model}"
         endpoints.append({"model": model, "url": url, "pid": server.get("pid")})
     return endpoints
 

@@ -75,7 +75,8 @@ def _deployment(tmp_path: Path) -> dict[str, Path]:
     servers = {
         "servers": [
             {"model": "recommender", "host": "127.0.0.1", "port": 19080, "pid": 111},
-            {"model": "generator", "host": "127.0.0.1", "port": 19081, "pid": 112},
+            # deploy's own records: name and base url
+            {"name": "generator", "url": "http://127.0.0.1:19081", "port": 19081, "pid": 112},
         ]
     }
     return {

@@ -132,3 +132,13 @@ def test_dockerfile_folder_does_not_pass_for_the_docker_sdk(tmp_path, monkeypatc
     assert local.hide_dockerfile_folder() is True
     with pytest.raises(ImportError):
         import docker  # noqa: F401
+
+
+def test_blocked_report_has_a_readable_label():
+    tee, _, console = _tee()
+    tee.write("Executing task 'report-2'\nTask 'report-2' finished with status SUCCESS\n")
+    assert console.getvalue().splitlines() == [
+        "[recsynth] report (blocked)   started",
+        "[recsynth] report (blocked)   finished in 1.5 s",
+    ]
+    assert "report-2" in tee.steps
