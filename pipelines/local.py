@@ -302,6 +302,9 @@ def run_local(
     if run_dir.exists():
         raise ConfigError(f"run dir {run_dir} already exists: pick another --run-id")
     run_dir.mkdir(parents=True)
+    if Path(source).exists():
+        # Recorded absolute, so run.json says exactly what was read.
+        source = str(Path(source).resolve())
     config_dict = pipeline_arguments(cfg)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False), "utf-8")
     record: dict[str, Any] = {"run_id": run_id, "source": source, "status": "running"}
@@ -317,7 +320,8 @@ def run_local(
     console.write(f"[recsynth] run {run_id}: {run_dir}\n")
     started = time.perf_counter()
     with (
-        open(run_dir / "pipeline.log", "w", encoding="utf-8") as log,
+        # Line-buffered, so `tail -f pipeline.log` follows a running step.
+        open(run_dir / "pipeline.log", "w", encoding="utf-8", buffering=1) as log,
         warnings.catch_warnings(),
     ):
         # SubprocessRunner warns about any image whose name lacks "python"; ours runs locally in
