@@ -177,10 +177,10 @@ def train_generator(
         noise = float(optimizer.noise_multiplier)
     sample_rate = 1.0 / steps_per_epoch if cfg.dp.enabled else cfg.batch_size / n_customers
     logger.info(
-        "generator training: %d customers, expected batch %d (sample rate %.4f), %d epochs x %d "
+        "generator training: %d customers, expected batch %.1f (sample rate %.4f), %d epochs x %d "
         "steps = %d steps, dp=%s target epsilon %s delta %.2e noise %.4f clipping %s",
         n_customers,
-        cfg.batch_size,
+        n_customers * sample_rate,
         sample_rate,
         cfg.epochs,
         steps_per_epoch,
