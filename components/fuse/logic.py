@@ -9,6 +9,7 @@ real training sequence (a memorised customer carries no new information, only ri
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,9 +219,11 @@ def run(
 
     # 5. Item features: popularity among real training customers and MiniLM text vectors.
     pop = popularity(item_map, real_train)
+    embed_started = time.perf_counter()
     vectors = embed_texts(
         items["description"].astype(str).tolist(), batch_size=cfg.embedding_batch_size
     )
+    embed_seconds = time.perf_counter() - embed_started
     features = pd.DataFrame(
         {
             "item_index": np.arange(1, len(item_map) + 1, dtype=np.int64),
@@ -242,6 +245,7 @@ def run(
         "n_eval_cases": len(eval_cases),
         "synthetic_weight": float(cfg.synthetic_weight),
         "embedding_dim": EMBEDDING_DIM,
+        "embedding_seconds": round(embed_seconds, 3),
     }
     with art.atomic_dir(out_dir) as tmp:
         item_map.save(tmp / art.ITEM_MAP)
