@@ -14,6 +14,7 @@ length.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -222,8 +223,12 @@ def export_generator(generator_dir: Path, out_dir: Path, *, cfg: ExportConfig) -
         shutil.copyfile(generator_dir / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
     else:
         vocab.to_tokenizers().save(str(out_dir / TOKENIZER_FILE))
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     metadata = {
         "model": "generator",
+        # The version each served prediction carries: the graph's content hash.
+        "model_version": digest[:12],
+        "onnx_sha256": digest,
         "architecture": lm.config.model_type,
         **signature,
         "vocab_size": len(vocab),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def test_parity_figures_cover_every_shape(exported: tuple[dict, Path]) -> None:
     assert written["vocab_size"] == 4 + 2 + len(CODES)
     assert written["max_length"] == MAX_LENGTH
     assert written["opset"] == 18
+    digest = hashlib.sha256((out / MODEL_ONNX).read_bytes()).hexdigest()
+    assert (written["model_version"], written["onnx_sha256"]) == (digest[:12], digest)
     assert written["inputs"][0]["name"] == INPUT_NAME
     assert written["outputs"][0]["shape"][2] == 4 + 2 + len(CODES)
 
