@@ -74,6 +74,7 @@ def _onnx_export(wrapper: LogitsOnly, path: Path, *, example: torch.Tensor, opse
             (example,),
             dynamo=True,
             external_data=False,
+            verbose=False,  # keep the exporter's progress lines off stdout
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=opset,
