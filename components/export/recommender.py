@@ -73,6 +73,7 @@ def _onnx_export(scorer: NextItemScorer, path: Path, *, example: torch.Tensor, o
             (example,),
             dynamo=True,
             external_data=False,
+            verbose=False,  # the exporter otherwise prints its progress to stdout
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=opset,

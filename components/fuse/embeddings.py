@@ -7,11 +7,13 @@ way sentence-transformers does for this model: mean over real tokens, then L2 no
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +45,20 @@ def minilm_path() -> Path:
     return folder
 
 
+@functools.lru_cache(maxsize=2)
+def _load(model_dir: Path) -> tuple[Any, Any]:
+    """Tokenizer and encoder from a local folder, loaded once per process (read-only use)."""
+    # Never reach for the hub: the model is a local folder.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    model.eval()
+    return tokenizer, model
+
+
 class TextEncoder:
     """Encodes texts into unit-norm 384-d MiniLM vectors.
 
@@ -54,16 +70,9 @@ class TextEncoder:
     def __init__(self, model_dir: Path | None = None, *, batch_size: int = 64) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
-        # Never reach for the hub: the model is a local folder.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_path()
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
-        self.model.eval()
+        self.tokenizer, self.model = _load(self.model_dir)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors [len(texts), 384] float32, each of L2 norm 1."""

@@ -356,7 +356,7 @@ def test_dp_config_rejects_nonpositive_epsilon() -> None:
         DPConfig(target_epsilon=0)
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", ["ghost", pytest.param("hooks", marks=pytest.mark.slow)])
 def test_empty_poisson_batches_still_take_their_steps(tmp_path: Path, mode: str) -> None:
     # Expected batch 1 of 20 records: about a third of the Poisson batches are empty.
     training = write_training_set(tmp_path, n_real=20, n_synthetic=0)
