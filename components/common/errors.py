@@ -35,3 +35,7 @@ class ConfigError(RecsynthError):
 
 class PrivacyError(RecsynthError):
     """Privacy accounting inputs are invalid, or a budget would be exceeded."""
+
+
+class ExportError(RecsynthError):
+    """An exported graph is missing, malformed, or disagrees with torch beyond tolerance."""

@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.common.errors import ConfigError, InputError
+from components.common.errors import ConfigError, ExportError, InputError
 from components.export.config import ExportConfig
-from components.export.recommender import ExportError
 from components.generate.model import load_model
 from components.generate.sample import sample_sequences
 from components.generate.tokenizer import PAD_ID, TOKENIZER_FILE, VOCAB_FILE, ItemVocab

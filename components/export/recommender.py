@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from components.common import artifacts as art
-from components.common.errors import InputError, RecsynthError
+from components.common.errors import ExportError, InputError
 from components.common.ids import ItemMap
 from components.common.recommender_model import MODEL_CONFIG, NextItemScorer, load_recommender
 from components.export.config import ExportConfig
@@ -32,10 +32,6 @@ MODEL_ONNX = "model.onnx"
 CATALOGUE = "catalogue.json"
 METADATA = "metadata.json"
 INPUT_NAME, OUTPUT_NAME = "item_ids", "scores"
-
-
-class ExportError(RecsynthError):
-    """The exported graph is missing, malformed, or disagrees with torch beyond tolerance."""
 
 
 def _histories(training_dir: Path, n: int) -> list[list[int]]:

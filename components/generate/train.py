@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from components.common.dp import prepare_noise_only_step
 from components.common.errors import ConfigError, PrivacyError
 from components.common.privacy import PrivacyRecord, default_delta
 from components.generate.config import GenerateConfig
@@ -200,9 +201,15 @@ def train_generator(
             total, count = 0.0, 0
             for (batch,) in loader:
                 if batch.shape[0] == 0:
-                    # Poisson sampling can draw nobody; with the batch sizes used here this has
-                    # probability ~exp(-batch_size). No step is taken and none is accounted.
+                    # Poisson sampling drew nobody. The accountant counts this step, so it must
+                    # still add noise; without DP there is nothing to do.
                     empty += 1
+                    if engine is None:
+                        continue
+                    prepare_noise_only_step(optimizer, cfg.clipping)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    steps += 1
                     continue
                 inputs, targets = _shift(batch)
                 logits = model(input_ids=inputs, position_ids=position_ids_like(inputs)).logits
@@ -225,7 +232,7 @@ def train_generator(
             epoch_losses.append(total / max(count, 1))
             logger.info("epoch %d done: mean loss %.4f", epoch + 1, epoch_losses[-1])
     if empty:
-        logger.warning("%d Poisson batches were empty and skipped", empty)
+        logger.info("%d Poisson batches were empty: noise-only steps", empty)
 
     if engine is not None:
         history = engine.accountant.history

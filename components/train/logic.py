@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from components.common import artifacts as art
+from components.common.dp import prepare_noise_only_step
 from components.common.errors import ConfigError, InputError, PrivacyError
 from components.common.privacy import PrivacyRecord, compute_epsilon, default_delta
 from components.common.recommender_model import (
@@ -223,7 +224,7 @@ def fit(
             if inputs.shape[0] == 0:
                 # An empty Poisson batch still takes its noise-only step, as the accountant
                 # assumes: hand Opacus an empty per-sample gradient (hooks) or a zero sum (ghost).
-                _zero_gradients(optimizer, cfg.grad_sample_mode)
+                prepare_noise_only_step(optimizer, cfg.grad_sample_mode)
                 optimizer.step()
                 continue
             loss = criterion(train_model(inputs), targets, weights)
@@ -263,15 +264,6 @@ def fit(
             target_epsilon=None,
         )
     return FitResult(trained, record, result_times, result_losses, result_cpu)
-
-
-def _zero_gradients(optimizer: Any, mode: str) -> None:
-    """Gradients of an empty batch, in the form the DP optimizer of ``mode`` reads."""
-    for param in optimizer.params:
-        if mode == "ghost":
-            param.grad = torch.zeros_like(param)
-        else:
-            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)
 
 
 def _check_record(record: PrivacyRecord) -> None:

@@ -339,3 +339,16 @@ def test_duplicate_customer_is_an_input_error(tmp_path: Path) -> None:
     pd.concat([seq, seq.iloc[:1]]).to_parquet(cleaned / artifacts.SEQUENCES)
     with pytest.raises(InputError, match="customer_id '12000'"):
         logic.run(tiny_config(batch_size=4), cleaned, tmp_path / "m", tmp_path / "s", seed=0)
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "hooks"])
+def test_empty_poisson_batches_still_take_their_noise_step(tmp_path: Path, clipping: str) -> None:
+    # Expected batch 1 of 21 customers: about a third of the Poisson batches draw nobody. Each
+    # must still be a (noise-only) step that the accountant counts.
+    small = write_cleaned(tmp_path / "cleaned", n_customers=20)
+    cfg = tiny_config(batch_size=1, epochs=1, n_synthetic=2, clipping=clipping)
+    summary = logic.run(cfg, small, tmp_path / "m", tmp_path / "s", seed=0)
+    record = PrivacyRecord.model_validate_json((tmp_path / "m" / artifacts.PRIVACY).read_text())
+    assert record.steps == 21
+    assert record.sample_rate == pytest.approx(1 / 21)
+    assert summary["steps"] == 21
