@@ -5,7 +5,10 @@ audit trusts none of the reported epsilons: it recomputes each one from the nois
 sample rate, steps and delta with two Opacus accountants (PRV, the tighter one, and RDP, the
 classic upper bound), then composes the trainings that are released together.
 
-Composition is basic: both models are trained on the same customers, so their guarantees add up,
+Every training whose output leaves the run is composed: the generator (its synthetic sessions), the
+deployed recommender, and the real-only recommender that the report publishes as a baseline (its
+metrics are computed from a model trained on the same customers, so they spend budget too).
+Composition is basic: all are trained on the same customers, so their guarantees add up,
 epsilon_total = sum(epsilon_i) at delta_total = sum(delta_i). Each training enters the sum with its
 audited epsilon, the larger of the reported and the recomputed PRV figure, so a training that
 reports a loose (larger) epsilon is charged what it claimed and one that under-reports is charged
@@ -33,12 +36,19 @@ AUDIT_FILE = "audit.json"
 COMPOSITION = "basic: epsilon_total = sum of epsilons, delta_total = sum of deltas"
 
 
-def read_privacy_record(model_dir: str | os.PathLike[str], expected_training: str) -> PrivacyRecord:
-    """Read and validate ``privacy.json`` of one training.
+# The real-only baseline's record, written by the train step beside the deployed model's.
+REAL_ONLY_PRIVACY = "real_only_privacy.json"
+
+
+def read_privacy_record(
+    model_dir: str | os.PathLike[str], expected_training: str, filename: str = PRIVACY
+) -> PrivacyRecord:
+    """Read and validate one training's privacy record (``privacy.json`` by default).
 
     Args:
         model_dir: the training's model directory.
         expected_training: the name the record should carry ("generator", "recommender").
+        filename: the record's file name inside ``model_dir``.
 
     Returns:
         The validated record.
@@ -47,7 +57,7 @@ def read_privacy_record(model_dir: str | os.PathLike[str], expected_training: st
         InputError: the file is missing or not JSON.
         PrivacyError: a field is missing or out of range, naming every such field at once.
     """
-    path = Path(model_dir) / PRIVACY
+    path = Path(model_dir) / filename
     raw = read_json(path)
     try:
         record = PrivacyRecord.model_validate(raw)
@@ -227,7 +237,7 @@ def run(
     *,
     epsilon_budget: float,
 ) -> dict[str, Any]:
-    """Recompute, compose and check the epsilon of both DP trainings; write ``audit.json``.
+    """Recompute, compose and check the epsilon of every DP training; write ``audit.json``.
 
     A check fails when a training was not DP, when its recomputed PRV epsilon exceeds the reported
     one by more than ``cfg.tolerance`` (relative), or when the composed total exceeds
@@ -253,6 +263,10 @@ def run(
         "generator": read_privacy_record(generator_dir, "generator"),
         "recommender": read_privacy_record(recommender_dir, "recommender"),
     }
+    if (Path(recommender_dir) / REAL_ONLY_PRIVACY).is_file():
+        records["recommender_real_only"] = read_privacy_record(
+            recommender_dir, "recommender_real_only", REAL_ONLY_PRIVACY
+        )
     result = audit(cfg, records, epsilon_budget=epsilon_budget)
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / AUDIT_FILE, result)

@@ -36,7 +36,7 @@ RECOMMENDER_METRICS = "metrics.json"
 
 MODELS = ("popularity", "real_only", "real_plus_synthetic")
 METRIC_KEYS = ("hr@10", "ndcg@10")
-TRAININGS = ("generator", "recommender")
+TRAININGS = ("generator", "recommender", "recommender_real_only")
 # Order of the step table; the steps follow the pipeline.
 STEP_ORDER = (
     "ingest",

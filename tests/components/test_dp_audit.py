@@ -201,3 +201,23 @@ def test_invalid_budget_raises(tmp_path, budget):
     gen_dir, rec_dir = _write(tmp_path, _record("generator", GEN), _record("recommender", REC))
     with pytest.raises(PrivacyError, match="epsilon_budget"):
         logic.run(AuditConfig(), gen_dir, rec_dir, tmp_path / "audit", epsilon_budget=budget)
+
+
+def test_published_real_only_baseline_is_composed_too(tmp_path):
+    # The train step writes the real-only baseline's record beside the deployed model's; its
+    # metrics are published, so its epsilon counts towards the run's budget.
+    gen_dir, rec_dir = _write(tmp_path, _record("generator", GEN), _record("recommender", REC))
+    baseline = _record("recommender_real_only", REC)
+    (rec_dir / "real_only_privacy.json").write_text(json.dumps(baseline), encoding="utf-8")
+    two = _eps(GEN) + _eps(REC)
+    three = two + _eps(REC)
+
+    result = logic.run(
+        AuditConfig(), gen_dir, rec_dir, tmp_path / "audit", epsilon_budget=(two + three) / 2
+    )
+
+    assert set(result["trainings"]) == {"generator", "recommender", "recommender_real_only"}
+    assert result["total_epsilon"] == pytest.approx(three, rel=1e-6)
+    assert result["total_delta"] == pytest.approx(3e-5)
+    assert _check(result, "total_within_budget")["passed"] is False
+    assert result["passed"] is False

@@ -32,12 +32,19 @@ AUDIT = {
             "epsilon": 4.0,
             "delta": 1e-5,
         },
+        "recommender_real_only": {
+            "reported": 3.9,
+            "recomputed_prv": 3.9,
+            "recomputed_rdp": 4.3,
+            "epsilon": 3.9,
+            "delta": 1e-5,
+        },
     },
     "composition": "basic: epsilon_total = sum of epsilons, delta_total = sum of deltas",
-    "total_epsilon": 7.95,
-    "total_delta": 2e-5,
-    "epsilon_budget": 10.0,
-    "checks": [{"name": "total_within_budget", "passed": True, "detail": "7.95 <= 10"}],
+    "total_epsilon": 11.85,
+    "total_delta": 3e-5,
+    "epsilon_budget": 12.0,
+    "checks": [{"name": "total_within_budget", "passed": True, "detail": "11.85 <= 12"}],
     "passed": True,
 }
 CLEANING = {
@@ -96,8 +103,9 @@ def test_deployed_run_metrics(tmp_path, dirs):
     assert written["epsilon"] == {
         "generator": 3.95,
         "recommender": 4.0,
-        "total": 7.95,
-        "budget": 10.0,
+        "recommender_real_only": 3.9,
+        "total": 11.85,
+        "budget": 12.0,
     }
     assert written["cleaning"] == {
         "rows_read": 1000,
