@@ -78,10 +78,14 @@ def _read_cleaning(cleaned_dir: Path) -> dict[str, Any]:
     missing = [k for k in ("rows_read", "rows_kept", "dropped") if k not in raw]
     if missing:
         raise InputError(f"cleaning report lacks keys {missing}", file=str(path))
+    # JSON artifacts are written with sorted keys; ingest records the order its rules ran in.
+    dropped = raw["dropped"]
+    order = [r for r in raw.get("rules", []) if r in dropped]
+    order += sorted(r for r in dropped if r not in order)
     return {
         "rows_read": int(raw["rows_read"]),
         "rows_kept": int(raw["rows_kept"]),
-        "dropped": {str(rule): int(rows) for rule, rows in raw["dropped"].items()},
+        "dropped": {str(rule): int(dropped[rule]) for rule in order},
     }
 
 

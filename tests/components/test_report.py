@@ -189,3 +189,12 @@ def test_missing_cleaning_report_is_an_input_error(tmp_path, dirs):
     with pytest.raises(InputError, match="cleaning_report.json"):
         logic.run(ReportConfig(), out_dir=tmp_path / "report", **dirs)
     assert not (tmp_path / "report").exists()
+
+
+def test_cleaning_rules_are_listed_in_the_order_they_ran(tmp_path, dirs):
+    report = dict(CLEANING, rules=["non_positive_price", "missing_customer", "cancellation"])
+    (dirs["cleaned_dir"] / "cleaning_report.json").write_text(json.dumps(report))
+    logic.run(ReportConfig(), out_dir=tmp_path / "report", **dirs)
+    text = (tmp_path / "report" / "report.md").read_text()
+    positions = [text.index(f"dropped: {rule}") for rule in report["rules"]]
+    assert positions == sorted(positions)
