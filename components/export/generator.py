@@ -161,8 +161,19 @@ def check_parity(
     return cases
 
 
-def export_generator(generator_dir: Path, out_dir: Path, *, cfg: ExportConfig) -> dict[str, Any]:
+def export_generator(
+    generator_dir: Path,
+    out_dir: Path,
+    *,
+    cfg: ExportConfig,
+    real_sequences: list[list[str]] | None = None,
+) -> dict[str, Any]:
     """Write ``model.onnx``, ``vocab.json``, ``tokenizer.json`` and ``metadata.json``.
+
+    Parity is checked on ``real_sequences`` (stock codes of real training sequences) when given:
+    the training set carries no customer's country, so each record gets the vocabulary's country
+    tokens in turn. Without them (the exporter run alone) it checks sequences sampled from the
+    model itself, in the same ``[bos, country, items..., eos]`` format.
 
     ``out_dir`` is created (it sits inside the export step's atomic directory, which is what
     keeps a failed export from leaving files behind).
@@ -198,10 +209,17 @@ def export_generator(generator_dir: Path, out_dir: Path, *, cfg: ExportConfig) -
         )
     wrapper = LogitsOnly(lm).eval()
 
-    # Token sequences in the generator's own format, drawn from the model itself: the export
-    # step has no access to real customers, and needs none.
-    sessions = sample_sequences(lm, vocab, max(cfg.parity_batch_sizes), seed=PARITY_SEED)
-    records = [vocab.encode(country, items) for country, items in sessions]
+    countries = sorted(vocab.countries)
+    records = [
+        vocab.encode(countries[i % len(countries)], items)
+        for i, items in enumerate(real_sequences or [])
+    ]
+    records = [r for r in records if len(r) > 3]  # [bos, country, eos] holds no item
+    parity_source = "real training sequences"
+    if not records:
+        sessions = sample_sequences(lm, vocab, max(cfg.parity_batch_sizes), seed=PARITY_SEED)
+        records = [vocab.encode(country, items) for country, items in sessions]
+        parity_source = "sequences sampled from the model"
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / MODEL_ONNX
@@ -236,6 +254,7 @@ def export_generator(generator_dir: Path, out_dir: Path, *, cfg: ExportConfig) -
         "pad_id": PAD_ID,
         "padding": "right; read each row's logits at its last real token",
         "parity": {
+            "inputs": parity_source,
             "atol": cfg.parity_atol,
             "cases": cases,
             "max_abs_diff": max(c["max_abs_diff"] for c in cases),

@@ -10,10 +10,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import StepTimer, atomic_dir
+from components.common.artifacts import (
+    ITEM_MAP,
+    TRAIN_SEQUENCES,
+    StepTimer,
+    atomic_dir,
+    read_parquet,
+)
+from components.common.ids import ItemMap
 from components.export.config import ExportConfig
 
 logger = logging.getLogger(__name__)
+
+
+def _real_sequences(training_dir: Path, n: int) -> list[list[str]]:
+    """Stock codes of the ``n`` longest real training sequences: parity inputs for the generator."""
+    frame = read_parquet(training_dir / TRAIN_SEQUENCES, ["source", "items"])
+    real = frame[frame["source"] == "real"]
+    longest = real.assign(n=real["items"].map(len)).nlargest(n, "n")
+    item_map = ItemMap.load(training_dir / ITEM_MAP)
+    return [item_map.decode(items) for items in longest["items"]]
 
 
 def run(
@@ -34,8 +50,11 @@ def run(
     from components.export.recommender import export_recommender
 
     timer = StepTimer("export")
+    real = _real_sequences(Path(training_dir), max(cfg.parity_batch_sizes))
     with atomic_dir(out_dir) as tmp:
-        generator = export_generator(Path(generator_dir), tmp / "generator", cfg=cfg)
+        generator = export_generator(
+            Path(generator_dir), tmp / "generator", cfg=cfg, real_sequences=real
+        )
         recommender = export_recommender(
             Path(recommender_dir), Path(training_dir), tmp / "recommender", cfg=cfg
         )

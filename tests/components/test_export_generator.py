@@ -150,3 +150,16 @@ def test_vocab_disagreeing_with_model_is_an_input_error(
 def test_empty_parity_shapes_are_a_config_error(generator_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="parity_batch_sizes"):
         export_generator(generator_dir, tmp_path / "g", cfg=ExportConfig(parity_batch_sizes=()))
+
+
+def test_parity_runs_on_given_real_sequences(generator_dir: Path, tmp_path: Path) -> None:
+    cfg = ExportConfig(parity_batch_sizes=(2,), parity_lengths=(5,))
+    real = [CODES[:6], CODES[3:5], ["NOT-IN-CATALOGUE"]]
+    metadata = export_generator(generator_dir, tmp_path / "g", cfg=cfg, real_sequences=real)
+    assert metadata["parity"]["inputs"] == "real training sequences"
+    assert metadata["parity"]["max_abs_diff"] <= 1e-4
+    # With nothing usable given, the check falls back to the model's own samples.
+    fallback = export_generator(
+        generator_dir, tmp_path / "f", cfg=cfg, real_sequences=[["NOT-IN-CATALOGUE"]]
+    )
+    assert fallback["parity"]["inputs"] == "sequences sampled from the model"
