@@ -7,6 +7,8 @@ ignore the image and run each step in a subprocess of the current environment.
 
 from __future__ import annotations
 
+from components.common.steps import STEPS
+
 VERSION = "0.1.0"
 REGISTRY = "ghcr.io/recsynth"
 
@@ -16,20 +18,7 @@ PIPELINE_IMAGE = f"{REGISTRY}/recsynth-pipeline:{VERSION}"
 # The serving image (no torch) that the deploy step names in the InferenceService manifests.
 SERVING_IMAGE = f"{REGISTRY}/recsynth-serving:{VERSION}"
 
-STEP_IMAGES: dict[str, str] = {
-    step: PIPELINE_IMAGE
-    for step in (
-        "ingest",
-        "generate",
-        "fuse",
-        "train",
-        "dp_audit",
-        "export",
-        "register_features",
-        "deploy",
-        "report",
-    )
-}
+STEP_IMAGES: dict[str, str] = {step: PIPELINE_IMAGE for step in STEPS}
 
 
 def image_for(step: str) -> str:

@@ -25,6 +25,7 @@ import torch
 
 from components.common.errors import ConfigError, ExportError, InputError
 from components.export.config import ExportConfig
+from components.export.onnx_io import checked_signature, export_single_file
 from components.generate.model import load_model
 from components.generate.sample import sample_sequences
 from components.generate.tokenizer import PAD_ID, TOKENIZER_FILE, VOCAB_FILE, ItemVocab
@@ -64,57 +65,13 @@ def parity_inputs(records: list[list[int]], batch_size: int, length: int) -> np.
     return out
 
 
-def _onnx_export(wrapper: LogitsOnly, path: Path, *, example: torch.Tensor, opset: int) -> None:
-    batch = torch.export.Dim("batch", min=1)
-    seq = torch.export.Dim("seq", min=1)
-    try:
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            dynamo=True,
-            external_data=False,
-            verbose=False,  # keep the exporter's progress lines off stdout
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}},
-        )
-        # One file: the generator's server loads a single artifact.
-        program.save(str(path), external_data=False)
-    except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed for the generator: {exc}") from exc
-    leftovers = sorted(p.name for p in path.parent.iterdir() if p.name.endswith(".data"))
-    if leftovers:
-        raise ExportError(f"export wrote external weight files {leftovers}; expected one .onnx")
-
-
 def _check_graph(path: Path, vocab_size: int) -> dict[str, Any]:
-    """The graph's signature, after checking it is the promised one."""
-    import onnx
-
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
-    inputs = [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input]
-    outputs = [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output]
-    if inputs != [(INPUT_NAME, onnx.TensorProto.INT64)]:
-        raise ExportError(f"graph inputs are {inputs}; expected one int64 {INPUT_NAME!r}")
-    if outputs != [(OUTPUT_NAME, onnx.TensorProto.FLOAT)]:
-        raise ExportError(f"graph outputs are {outputs}; expected one float32 {OUTPUT_NAME!r}")
-
-    def dims(value: Any) -> list[Any]:
-        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-
-    in_dims, out_dims = dims(model.graph.input[0]), dims(model.graph.output[0])
-    if len(in_dims) != 2 or not all(isinstance(d, str) for d in in_dims):
-        raise ExportError(f"input axes must be [batch, seq], both dynamic; got {in_dims}")
+    """The graph's signature, after checking it is the promised ``[batch, seq, vocab]``."""
+    signature = checked_signature(path, input_name=INPUT_NAME, output_name=OUTPUT_NAME)
+    out_dims = signature["outputs"][0]["shape"]
     if len(out_dims) != 3 or out_dims[2] != vocab_size:
         raise ExportError(f"output shape {out_dims}; expected [batch, seq, {vocab_size}]")
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return {
-        "inputs": [{"name": INPUT_NAME, "dtype": "int64", "shape": in_dims}],
-        "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": out_dims}],
-        "opset": int(opset),
-    }
+    return signature
 
 
 def check_parity(
@@ -224,7 +181,16 @@ def export_generator(
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / MODEL_ONNX
     example = torch.from_numpy(parity_inputs(records, 2, min(8, vocab.max_length)))
-    _onnx_export(wrapper, onnx_path, example=example, opset=cfg.opset)
+    export_single_file(
+        wrapper,
+        onnx_path,
+        example=example,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        axes=("batch", "seq"),
+        opset=cfg.opset,
+        what="generator",
+    )
     signature = _check_graph(onnx_path, len(vocab))
     cases = check_parity(
         wrapper,

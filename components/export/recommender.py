@@ -25,6 +25,7 @@ from components.common.errors import ExportError, InputError
 from components.common.ids import ItemMap
 from components.common.recommender_model import MODEL_CONFIG, NextItemScorer, load_recommender
 from components.export.config import ExportConfig
+from components.export.onnx_io import checked_signature, export_single_file
 
 logger = logging.getLogger(__name__)
 
@@ -60,57 +61,13 @@ def _batch(histories: list[list[int]], batch_size: int, length: int) -> np.ndarr
     return out
 
 
-def _onnx_export(scorer: NextItemScorer, path: Path, *, example: torch.Tensor, opset: int) -> None:
-    batch = torch.export.Dim("batch", min=1)
-    history = torch.export.Dim("history", min=1)
-    try:
-        program = torch.onnx.export(
-            scorer,
-            (example,),
-            dynamo=True,
-            external_data=False,
-            verbose=False,  # the exporter otherwise prints its progress to stdout
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes={"item_ids": {0: batch, 1: history}},
-        )
-        # Weights inside the one file: serving loads a single artifact.
-        program.save(str(path), external_data=False)
-    except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed for the recommender: {exc}") from exc
-    leftovers = [
-        p.name for p in path.parent.iterdir() if p.name != path.name and p.suffix == ".data"
-    ]
-    if leftovers:
-        raise ExportError(f"export wrote external weight files {leftovers}; expected one .onnx")
-
-
 def _check_graph(path: Path, n_scores: int) -> dict[str, Any]:
-    import onnx
-
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
-    inputs = [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input]
-    outputs = [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output]
-    if inputs != [(INPUT_NAME, onnx.TensorProto.INT64)]:
-        raise ExportError(f"graph inputs are {inputs}; expected one int64 {INPUT_NAME!r}")
-    if outputs != [(OUTPUT_NAME, onnx.TensorProto.FLOAT)]:
-        raise ExportError(f"graph outputs are {outputs}; expected one float32 {OUTPUT_NAME!r}")
-
-    def dims(value: Any) -> list[Any]:
-        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-
-    in_dims, out_dims = dims(model.graph.input[0]), dims(model.graph.output[0])
-    if not (isinstance(in_dims[0], str) and isinstance(in_dims[1], str)):
-        raise ExportError(f"input axes must be dynamic, got {in_dims}")
-    if out_dims[1] != n_scores:
-        raise ExportError(f"output has {out_dims[1]} score columns; expected {n_scores}")
-    return {
-        "inputs": [{"name": INPUT_NAME, "dtype": "int64", "shape": in_dims}],
-        "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": out_dims}],
-        "opset": int(next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))),
-    }
+    """The graph's signature, after checking it is the promised ``[batch, n_scores]``."""
+    signature = checked_signature(path, input_name=INPUT_NAME, output_name=OUTPUT_NAME)
+    out_dims = signature["outputs"][0]["shape"]
+    if len(out_dims) != 2 or out_dims[1] != n_scores:
+        raise ExportError(f"output has {out_dims[1:]} score columns; expected {n_scores}")
+    return signature
 
 
 def check_parity(
@@ -219,7 +176,16 @@ def export_recommender(
 
     # Export from a real batch of at least 2 x 2: torch.export would specialise a size-1 axis.
     example = torch.from_numpy(_batch(histories, 2, max(2, min(8, config.max_history))))
-    _onnx_export(scorer, onnx_path, example=example, opset=cfg.opset)
+    export_single_file(
+        scorer,
+        onnx_path,
+        example=example,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        axes=("batch", "history"),
+        opset=cfg.opset,
+        what="recommender",
+    )
     graph = _check_graph(onnx_path, config.n_items + 1)
     parity = check_parity(
         scorer,

@@ -23,6 +23,7 @@ from components.common.artifacts import (
     write_json,
 )
 from components.common.errors import InputError
+from components.common.steps import STEPS
 from components.report.config import ReportConfig
 
 logger = logging.getLogger(__name__)
@@ -37,18 +38,6 @@ RECOMMENDER_METRICS = "metrics.json"
 MODELS = ("popularity", "real_only", "real_plus_synthetic")
 METRIC_KEYS = ("hr@10", "ndcg@10")
 TRAININGS = ("generator", "recommender", "recommender_real_only")
-# Order of the step table; the steps follow the pipeline.
-STEP_ORDER = (
-    "ingest",
-    "generate",
-    "fuse",
-    "train",
-    "dp_audit",
-    "export",
-    "register_features",
-    "deploy",
-    "report",
-)
 
 
 def _read_metrics(recommender_dir: Path) -> dict[str, dict[str, float]]:
@@ -118,7 +107,7 @@ def _read_steps(dirs: dict[str, Path | None]) -> dict[str, float]:
         wall = record.get("wall_s")
         if isinstance(wall, (int, float)):
             steps[step] = max(float(wall), steps.get(step, 0.0))
-    order = {s: i for i, s in enumerate(STEP_ORDER)}
+    order = {s: i for i, s in enumerate(STEPS)}
     return dict(sorted(steps.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 

@@ -1,0 +1,13 @@
+"""The pipeline's steps, in the order they run. Each is a package under ``components/``."""
+
+STEPS = (
+    "ingest",
+    "generate",
+    "fuse",
+    "train",
+    "dp_audit",
+    "export",
+    "register_features",
+    "deploy",
+    "report",
+)
