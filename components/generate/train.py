@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from components.common.dp import prepare_noise_only_step
+from components.common.dp import make_private, prepare_noise_only_step
 from components.common.errors import ConfigError, PrivacyError
 from components.common.privacy import PrivacyRecord, default_delta
 from components.generate.config import GenerateConfig
@@ -155,26 +155,17 @@ def train_generator(
     noise = 0.0
     steps_per_epoch = len(loader)
     if cfg.dp.enabled:
-        from opacus import PrivacyEngine
-
         with _quiet_opacus():
-            engine = PrivacyEngine(accountant=cfg.dp.accountant)
-            wrapped = engine.make_private_with_epsilon(
-                module=model,
+            engine, model, optimizer, criterion, loader = make_private(
+                model=model,
                 optimizer=optimizer,
                 criterion=criterion,
-                data_loader=loader,
-                target_epsilon=cfg.dp.target_epsilon,
-                target_delta=delta,
+                loader=loader,
+                dp=cfg.dp,
+                delta=delta,
                 epochs=cfg.epochs,
-                max_grad_norm=cfg.dp.max_grad_norm,
-                poisson_sampling=True,
                 grad_sample_mode=cfg.clipping,
             )
-        if cfg.clipping == "ghost":
-            model, optimizer, criterion, loader = wrapped
-        else:
-            model, optimizer, loader = wrapped
         noise = float(optimizer.noise_multiplier)
     sample_rate = 1.0 / steps_per_epoch if cfg.dp.enabled else cfg.batch_size / n_customers
     logger.info(

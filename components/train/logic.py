@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from components.common import artifacts as art
-from components.common.dp import prepare_noise_only_step
+from components.common.dp import make_private, prepare_noise_only_step
 from components.common.errors import ConfigError, InputError, PrivacyError
 from components.common.privacy import PrivacyRecord, compute_epsilon, default_delta
 from components.common.recommender_model import (
@@ -175,25 +175,16 @@ def fit(
     train_model: nn.Module = model
     engine = None
     if cfg.dp.enabled:
-        from opacus import PrivacyEngine
-
-        engine = PrivacyEngine(accountant=cfg.dp.accountant)
-        wrapped = engine.make_private_with_epsilon(
-            module=model,
+        engine, train_model, optimizer, criterion, loader = make_private(
+            model=model,
             optimizer=optimizer,
             criterion=criterion,
-            data_loader=loader,
-            target_epsilon=cfg.dp.target_epsilon,
-            target_delta=delta,
+            loader=loader,
+            dp=cfg.dp,
+            delta=delta,
             epochs=cfg.epochs,
-            max_grad_norm=cfg.dp.max_grad_norm,
-            poisson_sampling=True,
             grad_sample_mode=cfg.grad_sample_mode,
         )
-        if cfg.grad_sample_mode == "ghost":
-            train_model, optimizer, criterion, loader = wrapped
-        else:
-            train_model, optimizer, loader = wrapped
 
     steps = cfg.epochs * len(loader)
     logger.info(
