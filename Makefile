@@ -26,9 +26,10 @@ $(STAMP): requirements/torch.txt requirements/base.txt requirements/dev.txt pypr
 demo: $(STAMP)
 	$(PY) -m pipelines.demo --config $(CONFIG) --source $(SOURCE)
 
-# The Redis online-store test starts its own redis-server on 127.0.0.1; this installs it if missing.
+# The Redis online-store test starts its own redis-server on 127.0.0.1; this installs it if missing
+# (apt-get). Without it that one test is skipped, with the reason, and the rest still run.
 test: $(STAMP)
-	bash scripts/redis-test-server.sh install
+	bash scripts/redis-test-server.sh install || echo "warning: redis-server not installed: the Redis online-store test will be skipped"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
