@@ -121,7 +121,9 @@ def test_deployed_run_metrics(tmp_path, dirs):
         "export": 6.0,
         "register_features": 20.0,
         "deploy": 3.0,
+        "report": written["steps"]["report"],
     }
+    assert 0 <= written["steps"]["report"] < 60
     # In pipeline order (metrics.json itself is written with sorted keys).
     assert list(figures["steps"]) == [
         "ingest",
@@ -132,6 +134,7 @@ def test_deployed_run_metrics(tmp_path, dirs):
         "export",
         "register_features",
         "deploy",
+        "report",
     ]
     assert written["audit_passed"] is True
     assert written["deployed"] is True
