@@ -1,8 +1,8 @@
-"""The recsynth pipeline: nine steps, deployment gated on the DP audit.
+"""The recsynth pipeline: ten steps, training gated on the privacy ledger, deployment on the audit.
 
 ::
 
-    ingest -> generate -> fuse -> train -> dp_audit
+    ingest -> budget_check -> generate -> fuse -> train -> dp_audit
         passed:   export -> register_features -> deploy -> report (deployed)
         failed:   report (deployment blocked)
 
@@ -11,12 +11,17 @@ its own report task: the passed branch hands the report the export, feature stor
 artifacts; the failed branch leaves those optional inputs unset, so the report says deployment was
 blocked. Deploy sits inside the passed branch only, so a failed audit never touches the servers
 that are running.
+
+budget_check fails the run, before any training, when the run's epsilon_budget would take the
+dataset's cumulative epsilon in the privacy ledger past ``run.lifetime_epsilon_budget``; dp_audit
+records what the run spent against the same dataset hash.
 """
 
 # No `from __future__ import annotations` here: KFP reads the pipeline's parameter annotations
 # when it is decorated, and postponed (string) annotations fail its type checks.
 from kfp import dsl
 
+from components.budget_check.component import budget_check
 from components.deploy.component import deploy
 from components.dp_audit.component import dp_audit
 from components.export.component import export
@@ -33,6 +38,7 @@ REPORT_DEPLOYED_TASK = "report"
 REPORT_BLOCKED_TASK = "report-2"
 STEP_TASKS = (
     "ingest",
+    "budget-check",
     "generate",
     "fuse",
     "train",
@@ -58,10 +64,13 @@ def recsynth_pipeline(config: dict, source: str = "bundled", run_id: str = "loca
     Args:
         config: the validated run config as a plain dict (``RecsynthConfig.model_dump``).
         source: the shop log: "bundled" or a path/URI the ingest step can read.
-        run_id: the run's id, recorded by deploy.
+        run_id: the run's id, recorded by deploy and in the privacy ledger.
     """
     cleaned = ingest(config=config, source=source)
+    checked = budget_check(config=config, cleaned=cleaned.outputs["cleaned"])
     gen = generate(config=config, cleaned=cleaned.outputs["cleaned"])
+    # No training starts before the ledger allowed the run.
+    gen.after(checked)
     fused = fuse(
         config=config,
         cleaned=cleaned.outputs["cleaned"],
@@ -72,6 +81,8 @@ def recsynth_pipeline(config: dict, source: str = "bundled", run_id: str = "loca
         config=config,
         generator_model=gen.outputs["generator_model"],
         recommender_model=trained.outputs["recommender_model"],
+        dataset_sha256=checked.outputs["dataset_sha256"],
+        run_id=run_id,
     )
     common = {
         "config": config,

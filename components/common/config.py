@@ -33,6 +33,12 @@ class RunConfig(StrictModel):
     seed: int = 0
     # Total epsilon this run may spend across all its DP trainings (composed by the accountant).
     epsilon_budget: float = Field(default=10.0, gt=0)
+    # Most epsilon one dataset (by content hash) may spend over all its runs; the budget_check
+    # step refuses a run whose epsilon_budget would take the dataset's ledger total past it.
+    lifetime_epsilon_budget: float = Field(default=50.0, gt=0)
+    # The privacy ledger (JSON lines), relative to the working directory; on a cluster a path on
+    # a mounted PVC, so that every run sees the same file.
+    ledger_path: str = Field(default="runs/privacy-ledger.jsonl", min_length=1)
 
 
 class RecsynthConfig(StrictModel):

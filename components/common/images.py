@@ -25,7 +25,7 @@ def image_for(step: str) -> str:
     """The pinned image of ``step``.
 
     Raises:
-        KeyError: ``step`` is not one of the nine pipeline steps.
+        KeyError: ``step`` is not one of the pipeline steps.
     """
     try:
         return STEP_IMAGES[step]

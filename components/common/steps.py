@@ -2,6 +2,7 @@
 
 STEPS = (
     "ingest",
+    "budget_check",
     "generate",
     "fuse",
     "train",

@@ -13,14 +13,21 @@ def dp_audit(
     config: dict,
     generator_model: Input[Model],
     recommender_model: Input[Model],
+    dataset_sha256: str,
+    run_id: str,
     audit: Output[Artifact],
 ) -> NamedTuple("AuditOutputs", passed=bool):
     """Recompute and compose the epsilon of both DP trainings against the run's budget.
+
+    The audited total is then recorded in the privacy ledger (``run.ledger_path``) against the
+    dataset, whether or not the audit passed: the trainings ran and their outputs exist.
 
     Args:
         config: the whole run config (``RecsynthConfig.model_dump(mode="json")``).
         generator_model: generate's model directory (privacy.json).
         recommender_model: train's model directory (privacy.json).
+        dataset_sha256: the cleaned dataset's content hash (from budget_check).
+        run_id: the run's id, recorded in the ledger.
         audit: output directory of audit.json.
 
     Returns:
@@ -32,6 +39,7 @@ def dp_audit(
 
     from pydantic import ValidationError
 
+    from components.common import ledger
     from components.common.config import RunConfig
     from components.common.errors import ConfigError
     from components.common.logs import configure_logging
@@ -50,6 +58,14 @@ def dp_audit(
         Path(recommender_model.path),
         Path(audit.path),
         epsilon_budget=run_cfg.epsilon_budget,
+    )
+    ledger.record(
+        run_cfg.ledger_path,
+        dataset_sha256=dataset_sha256,
+        run_id=run_id,
+        epsilon=result["total_epsilon"],
+        delta=result["total_delta"],
+        trainings={name: t["epsilon"] for name, t in result["trainings"].items()},
     )
     audit.metadata["passed"] = bool(result["passed"])
     audit.metadata["total_epsilon"] = result["total_epsilon"]

@@ -14,6 +14,7 @@ TEST_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "test.yaml")
 
 STEPS = (
     "ingest",
+    "budget-check",
     "generate",
     "fuse",
     "train",
@@ -57,7 +58,15 @@ def test_gate_on_audit_passed(package):
     passed, failed = _gate(package)
     root = package["root"]["dag"]["tasks"]
 
-    assert set(root) == {"ingest", "generate", "fuse", "train", "dp-audit", "condition-branches-1"}
+    assert set(root) == {
+        "ingest",
+        "budget-check",
+        "generate",
+        "fuse",
+        "train",
+        "dp-audit",
+        "condition-branches-1",
+    }
     assert set(_dag(package, passed)) == {"export", "register-features", "deploy", "report"}
     assert set(_dag(package, failed)) == {"report-2"}
     assert package["components"]["comp-dp-audit"]["outputDefinitions"]["parameters"] == {
@@ -74,6 +83,15 @@ def test_blocked_report_gets_no_deployment(package):
     assert {"exported", "feature_store", "deployment"} <= set(deployed)
     optional = package["components"]["comp-report-2"]["inputDefinitions"]["artifacts"]
     assert optional["deployment"]["isOptional"] is True
+
+
+def test_training_waits_for_the_budget_check(package):
+    root = package["root"]["dag"]["tasks"]
+    assert root["budget-check"]["dependentTasks"] == ["ingest"]
+    assert "budget-check" in root["generate"]["dependentTasks"]
+    # dp_audit records the spend against the hash the budget check read.
+    sha = root["dp-audit"]["inputs"]["parameters"]["dataset_sha256"]["taskOutputParameter"]
+    assert sha == {"outputParameterKey": "dataset_sha256", "producerTask": "budget-check"}
 
 
 def test_branch_is_sequential(package):

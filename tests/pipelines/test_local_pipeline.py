@@ -19,10 +19,15 @@ TEST_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "test.yaml")
 GATED = ("export", "register-features", "deploy")
 
 
-def _config(tmp_path, budget: float):
+def _config(tmp_path, budget: float, lifetime: float = 1e6):
     return load_config(
         TEST_CONFIG,
-        run={"epsilon_budget": budget},
+        # The privacy ledger goes to the test's folder too, so runs never add up across tests.
+        run={
+            "epsilon_budget": budget,
+            "lifetime_epsilon_budget": lifetime,
+            "ledger_path": str(tmp_path / "ledger.jsonl"),
+        },
         # Deploy's state file goes to the test's folder, not the checkout.
         deploy={"state_dir": str(tmp_path / "state")},
     )
@@ -56,6 +61,16 @@ def test_audit_passes_and_deploy_runs(tmp_path, capsys):
     for step in ("ingest", "generate", "fuse", "train", "dp_audit", "export", "deploy"):
         assert metrics["steps"][step] > 0, step
 
+    # The run's audited spend is in the ledger, against the cleaned dataset's hash.
+    cleaning = json.loads(
+        (result.task_dir("ingest") / "cleaned" / "cleaning_report.json").read_text()
+    )
+    entries = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert len(entries) == 1
+    assert entries[0]["dataset_sha256"] == cleaning["dataset_sha256"]
+    assert entries[0]["run_id"] == "gate-open"
+    assert entries[0]["epsilon"] == pytest.approx(audit["total_epsilon"])
+
     # The deploy task really ran: its output exists with its content.
     deployment = result.task_dir("deploy") / "deployment"
     servers = json.loads((deployment / "servers.json").read_text())
@@ -67,7 +82,16 @@ def test_audit_passes_and_deploy_runs(tmp_path, capsys):
 
     # One progress line per step start and finish, and nothing else on the console.
     out = capsys.readouterr().out.splitlines()
-    for task in ("ingest", "generate", "fuse", "train", "dp-audit", *GATED, "report"):
+    for task in (
+        "ingest",
+        "budget-check",
+        "generate",
+        "fuse",
+        "train",
+        "dp-audit",
+        *GATED,
+        "report",
+    ):
         assert any(line.split()[1:3] == [task, "started"] for line in out), task
         assert any(line.split()[1:4] == [task, "finished", "in"] for line in out), task
 
@@ -94,6 +118,26 @@ def test_audit_fails_and_deploy_is_blocked(tmp_path):
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["status"] == "succeeded"
     assert record["deployed"] is False
+    # A failed audit still spent its epsilon: the trainings ran.
+    entries = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [e["epsilon"] for e in entries] == [pytest.approx(audit["total_epsilon"])]
+
+
+@pytest.mark.integration
+def test_run_over_the_lifetime_budget_stops_before_training(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(local.PipelineFailed) as failed:
+        local.run_local(
+            _config(tmp_path, 10.0, lifetime=5.0), source="bundled", run_id="r", runs_dir=runs
+        )
+
+    assert failed.value.step == "budget-check"
+    assert "spent 0, this run requests 10, lifetime budget 5" in failed.value.message
+    artifacts = runs / "r" / "artifacts"
+    assert (artifacts / "ingest").is_dir()
+    for task in ("generate", "fuse", "train", "dp-audit"):
+        assert not (artifacts / task).exists(), task
+    assert not (tmp_path / "ledger.jsonl").exists()
 
 
 @pytest.mark.integration

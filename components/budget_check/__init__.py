@@ -1,0 +1,1 @@
+"""The budget_check step: refuse a run that would overspend its dataset's lifetime budget."""
