@@ -11,7 +11,6 @@ as the training data does). The ``n`` samples of one instance run as one batch.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from serving.artifacts import model_version, read_json
+from serving.base import BlockingModel
 from serving.errors import BadRequest, ModelLoadError, NotReady
-from serving.kserve_compat import InferOutput, InferRequest, InferResponse, kserve
+from serving.kserve_compat import InferOutput, InferRequest, InferResponse
 from serving.onnx_session import check_io, create_session
 from serving.validation import (
     TensorSpec,
@@ -185,7 +185,7 @@ def sample_tokens(
     return picks.astype(np.int64)
 
 
-class GeneratorModel(kserve.Model):
+class GeneratorModel(BlockingModel):
     """KServe model over ``model.onnx`` + ``vocab.json``.
 
     Args:
@@ -397,16 +397,8 @@ class GeneratorModel(kserve.Model):
             for row in range(n)
         ]
 
-    async def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
-        """Sample the sessions of every job (one ORT batch of n rows per step).
-
-        Runs in the event loop's executor: ORT (and Feast) calls block, and readiness probes and
-        other requests must still be answered meanwhile.
-        """
-        return await asyncio.get_running_loop().run_in_executor(None, self.run_batch, payload)
-
     def run_batch(self, payload: dict[str, Any]) -> dict:
-        """The blocking body of :meth:`predict`, on the preprocessed ``payload``."""
+        """The blocking body of ``predict`` (run in the executor), on the preprocessed payload."""
         results = [self._generate(job) for job in payload["jobs"]]
         logger.info("generate: %d sessions sampled", sum(len(r) for r in results))
         return {**payload, "results": results}
@@ -441,14 +433,7 @@ class GeneratorModel(kserve.Model):
             ),
             InferOutput("country", [n], "BYTES", data=[s["country"] for s in sessions]),
         ]
-        return InferResponse(
-            response_id=result["request_id"] or "",
-            model_name=self.name,
-            model_version=self.version,
-            infer_outputs=outputs,
-            parameters={"model_version": self.version},
-            requested_outputs=result["requested_outputs"],
-        )
+        return self.v2_response(result, outputs)
 
     # metadata (GET /v2/models/generator) --------------------------------------------------
 

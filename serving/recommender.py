@@ -8,7 +8,6 @@ for the protocol the request came in on. See docs/serving.md for the wire format
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from serving.artifacts import model_version, read_json
+from serving.base import BlockingModel
 from serving.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge
-from serving.kserve_compat import InferOutput, InferRequest, InferResponse, kserve
+from serving.kserve_compat import InferOutput, InferRequest, InferResponse
 from serving.onnx_session import check_io, create_session
 from serving.validation import (
     TensorSpec,
@@ -122,7 +122,7 @@ class Ranked:
     fallback: str | None = None
 
 
-class RecommenderModel(kserve.Model):
+class RecommenderModel(BlockingModel):
     """KServe model over ``model.onnx`` + ``catalogue.json`` and a Feast repo.
 
     Args:
@@ -354,16 +354,8 @@ class RecommenderModel(kserve.Model):
         top = top[np.lexsort((top, -scores[top]))]
         return top.tolist(), scores[top].tolist()
 
-    async def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
-        """Rank items for each query: ONNX scores where a history exists, popularity otherwise.
-
-        Runs in the event loop's executor: ORT (and Feast) calls block, and readiness probes and
-        other requests must still be answered meanwhile.
-        """
-        return await asyncio.get_running_loop().run_in_executor(None, self.run_batch, payload)
-
     def run_batch(self, payload: dict[str, Any]) -> dict:
-        """The blocking body of :meth:`predict`, on the preprocessed ``payload``."""
+        """The blocking body of ``predict`` (run in the executor), on the preprocessed payload."""
         cat = self.catalogue
         queries: list[Query] = payload["queries"]
         histories = self._histories(queries)
@@ -438,14 +430,7 @@ class RecommenderModel(kserve.Model):
             InferOutput("score", [b, k], "FP32", data=scores),
             InferOutput("fallback", [b], "BYTES", data=[r.fallback or "" for r in results]),
         ]
-        return InferResponse(
-            response_id=result["request_id"] or "",
-            model_name=self.name,
-            model_version=self.version,
-            infer_outputs=outputs,
-            parameters={"model_version": self.version},
-            requested_outputs=result["requested_outputs"],
-        )
+        return self.v2_response(result, outputs)
 
     # metadata (GET /v2/models/recommender) ------------------------------------------------
 
