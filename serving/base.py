@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from serving.kserve_compat import InferOutput, InferResponse, kserve
+from serving.kserve_compat import InferOutput, InferRequest, InferResponse, kserve
+from serving.validation import v2_requested_outputs
 
 
 class BlockingModel(kserve.Model):
@@ -25,6 +26,22 @@ class BlockingModel(kserve.Model):
     def run_batch(self, payload: dict[str, Any]) -> dict:
         """The blocking body of :meth:`predict`; returns the payload with its ``results``."""
         raise NotImplementedError
+
+    @staticmethod
+    def request_context(payload: Any, outputs_allowed: Any) -> dict[str, Any]:
+        """What postprocess needs about the request: protocol, V2 id and requested outputs.
+
+        Args:
+            payload: the request as preprocess received it (a V1 dict or a V2 InferRequest).
+            outputs_allowed: the model's V2 output specs, to check the requested outputs against.
+        """
+        if isinstance(payload, InferRequest):
+            return {
+                "protocol": "v2",
+                "request_id": payload.id,
+                "requested_outputs": v2_requested_outputs(payload, outputs_allowed),
+            }
+        return {"protocol": "v1", "request_id": None, "requested_outputs": None}
 
     def v2_response(self, result: dict[str, Any], outputs: list[InferOutput]) -> InferResponse:
         """The V2 answer to the request in ``result``, tagged with the model version."""

@@ -31,7 +31,6 @@ from serving.validation import (
     get_str_list,
     instances_of,
     reject_unknown_keys,
-    v2_requested_outputs,
     v2_tensors,
 )
 
@@ -333,15 +332,7 @@ class GeneratorModel(BlockingModel):
             sum(j.n for j in jobs),
             protocol,
         )
-        v2 = isinstance(payload, InferRequest)
-        request_id = payload.id if v2 else None
-        outputs = v2_requested_outputs(payload, V2_OUTPUTS) if v2 else None
-        return {
-            "requested_outputs": outputs,
-            "jobs": jobs,
-            "protocol": protocol,
-            "request_id": request_id,
-        }
+        return {"jobs": jobs, **self.request_context(payload, V2_OUTPUTS)}
 
     # predict ------------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from serving.validation import (
     get_str_list,
     instances_of,
     reject_unknown_keys,
-    v2_requested_outputs,
     v2_scalar,
     v2_tensors,
 )
@@ -304,15 +303,7 @@ class RecommenderModel(BlockingModel):
             sum(q.user_id is not None for q in queries),
             protocol,
         )
-        v2 = isinstance(payload, InferRequest)
-        request_id = payload.id if v2 else None
-        outputs = v2_requested_outputs(payload, V2_OUTPUTS) if v2 else None
-        return {
-            "requested_outputs": outputs,
-            "queries": queries,
-            "protocol": protocol,
-            "request_id": request_id,
-        }
+        return {"queries": queries, **self.request_context(payload, V2_OUTPUTS)}
 
     # predict ------------------------------------------------------------------------------
 
