@@ -25,7 +25,7 @@ import torch
 
 from components.common.errors import ConfigError, ExportError, InputError
 from components.export.config import ExportConfig
-from components.export.onnx_io import checked_signature, export_single_file
+from components.export.onnx_io import checked_signature, export_single_file, parity_cases
 from components.generate.model import load_model
 from components.generate.sample import sample_sequences
 from components.generate.tokenizer import PAD_ID, TOKENIZER_FILE, VOCAB_FILE, ItemVocab
@@ -88,34 +88,21 @@ def check_parity(
 
     Lengths above ``max_length`` are capped at it: the model has no positions beyond.
     """
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    if session.get_providers()[0] != "CPUExecutionProvider":
-        raise ExportError(f"parity must run on CPU, got providers {session.get_providers()}")
-    cases = []
-    for length in sorted({min(int(n), max_length) for n in lengths}):
-        for batch_size in sorted({int(b) for b in batch_sizes}):
-            ids = parity_inputs(records, batch_size, length)
-            with torch.inference_mode():
-                expected = wrapper(torch.from_numpy(ids)).float().numpy()
-            (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: ids})
-            if got.shape != expected.shape or got.dtype != np.float32:
-                raise ExportError(
-                    f"ORT returned {got.dtype}{got.shape} for batch {batch_size} x seq {length}; "
-                    f"torch {expected.dtype}{expected.shape}"
-                )
-            diff = float(np.max(np.abs(got - expected)))
-            cases.append({"batch_size": batch_size, "seq": length, "max_abs_diff": diff})
-    failed = [c for c in cases if not c["max_abs_diff"] <= atol]
-    if failed:
-        raise ExportError(
-            f"ONNX Runtime and torch disagree beyond parity_atol={atol}: "
-            + ", ".join(
-                f"batch {c['batch_size']} x seq {c['seq']}: {c['max_abs_diff']:.3g}" for c in failed
-            )
-        )
-    return cases
+    shapes = [
+        (batch_size, length)
+        for length in sorted({min(int(n), max_length) for n in lengths})
+        for batch_size in sorted({int(b) for b in batch_sizes})
+    ]
+    return parity_cases(
+        wrapper,
+        onnx_path,
+        lambda batch_size, length: parity_inputs(records, batch_size, length),
+        shapes,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        length_key="seq",
+        atol=atol,
+    )
 
 
 def export_generator(

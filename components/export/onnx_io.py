@@ -6,9 +6,11 @@ inputs); the torch.onnx call, the single-file rule and the int64-in / float32-ou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from components.common.errors import ExportError
@@ -81,3 +83,50 @@ def checked_signature(path: Path, *, input_name: str, output_name: str) -> dict[
         "outputs": [{"name": output_name, "dtype": "float32", "shape": out_dims}],
         "opset": int(opset),
     }
+
+
+def parity_cases(
+    module: torch.nn.Module,
+    onnx_path: Path,
+    make_batch: Callable[[int, int], np.ndarray],
+    shapes: list[tuple[int, int]],
+    *,
+    input_name: str,
+    output_name: str,
+    length_key: str,
+    atol: float,
+) -> list[dict[str, Any]]:
+    """Max |ORT - torch| for each (batch size, length) in ``shapes``, on ONNX Runtime's CPU
+    provider; raises :class:`ExportError` listing every shape above ``atol``.
+
+    ``make_batch(batch_size, length)`` builds the int64 input; each case records its length under
+    ``length_key`` ("seq", "history").
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    if session.get_providers()[0] != "CPUExecutionProvider":
+        raise ExportError(f"parity must run on CPU, got providers {session.get_providers()}")
+    cases = []
+    for batch_size, length in shapes:
+        ids = make_batch(batch_size, length)
+        with torch.inference_mode():
+            expected = module(torch.from_numpy(ids)).float().numpy()
+        (got,) = session.run([output_name], {input_name: ids})
+        if got.shape != expected.shape or got.dtype != np.float32:
+            raise ExportError(
+                f"ORT returned {got.dtype}{got.shape} for batch {batch_size} x {length_key} "
+                f"{length}; torch {expected.dtype}{expected.shape}"
+            )
+        diff = float(np.max(np.abs(got - expected)))
+        cases.append({"batch_size": batch_size, length_key: length, "max_abs_diff": diff})
+    failed = [c for c in cases if not c["max_abs_diff"] <= atol]
+    if failed:
+        raise ExportError(
+            f"ONNX Runtime and torch disagree beyond parity_atol={atol}: "
+            + ", ".join(
+                f"batch {c['batch_size']} x {length_key} {c[length_key]}: {c['max_abs_diff']:.3g}"
+                for c in failed
+            )
+        )
+    return cases

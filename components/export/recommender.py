@@ -25,7 +25,7 @@ from components.common.errors import ExportError, InputError
 from components.common.ids import ItemMap
 from components.common.recommender_model import MODEL_CONFIG, NextItemScorer, load_recommender
 from components.export.config import ExportConfig
-from components.export.onnx_io import checked_signature, export_single_file
+from components.export.onnx_io import checked_signature, export_single_file, parity_cases
 
 logger = logging.getLogger(__name__)
 
@@ -83,35 +83,23 @@ def check_parity(
 
     Lengths above the model's max_history are capped at it (serving never sends more).
     """
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    if session.get_providers()[0] != "CPUExecutionProvider":
-        raise ExportError(f"parity must run on CPU, got providers {session.get_providers()}")
     max_history = scorer.model.config.max_history
-    cases, worst = [], 0.0
-    for length in sorted({min(int(n), max_history) for n in lengths}):
-        for batch_size in batch_sizes:
-            ids = _batch(histories, int(batch_size), length)
-            with torch.inference_mode():
-                expected = scorer(torch.from_numpy(ids)).numpy()
-            (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: ids})
-            if got.shape != expected.shape or got.dtype != np.float32:
-                raise ExportError(
-                    f"ORT returned {got.dtype}{got.shape}; torch {expected.dtype}{expected.shape}"
-                )
-            diff = float(np.max(np.abs(got - expected)))
-            cases.append({"batch_size": int(batch_size), "history": length, "max_abs_diff": diff})
-            worst = max(worst, diff)
-    failed = [c for c in cases if not c["max_abs_diff"] <= atol]
-    if failed:
-        raise ExportError(
-            f"ONNX Runtime and torch disagree beyond parity_atol={atol}: "
-            + ", ".join(
-                f"batch {c['batch_size']} x history {c['history']}: {c['max_abs_diff']:.3g}"
-                for c in failed
-            )
-        )
+    shapes = [
+        (int(batch_size), length)
+        for length in sorted({min(int(n), max_history) for n in lengths})
+        for batch_size in batch_sizes
+    ]
+    cases = parity_cases(
+        scorer,
+        onnx_path,
+        lambda batch_size, length: _batch(histories, batch_size, length),
+        shapes,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        length_key="history",
+        atol=atol,
+    )
+    worst = max((c["max_abs_diff"] for c in cases), default=0.0)
     return {"atol": atol, "max_abs_diff": worst, "cases": cases}
 
 
