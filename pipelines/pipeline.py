@@ -67,7 +67,7 @@ def recsynth_pipeline(config: dict, source: str = "bundled", run_id: str = "loca
         run_id: the run's id, recorded by deploy and in the privacy ledger.
     """
     cleaned = ingest(config=config, source=source)
-    checked = budget_check(config=config, cleaned=cleaned.outputs["cleaned"])
+    checked = budget_check(config=config, cleaned=cleaned.outputs["cleaned"], run_id=run_id)
     gen = generate(config=config, cleaned=cleaned.outputs["cleaned"])
     # No training starts before the ledger allowed the run.
     gen.after(checked)

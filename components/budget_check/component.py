@@ -12,6 +12,7 @@ from components.common.images import image_for
 def budget_check(
     config: dict,
     cleaned: Input[Dataset],
+    run_id: str,
     budget: Output[Artifact],
 ) -> NamedTuple("BudgetOutputs", dataset_sha256=str):
     """Fail the run if its epsilon_budget would take the dataset past its lifetime budget.
@@ -19,6 +20,7 @@ def budget_check(
     Args:
         config: the whole run config (``RecsynthConfig.model_dump(mode="json")``).
         cleaned: ingest's output directory (``cleaning_report.json``).
+        run_id: the run's id, under which the run's epsilon is reserved in the ledger.
         budget: output directory of budget.json.
 
     Returns:
@@ -40,7 +42,7 @@ def budget_check(
         run_cfg = RunConfig.model_validate(config.get("run", {}))
     except ValidationError as exc:
         raise ConfigError(f"invalid config section 'run': {exc}") from exc
-    result = logic.run(run_cfg, Path(cleaned.path), Path(budget.path))
+    result = logic.run(run_cfg, Path(cleaned.path), Path(budget.path), run_id=run_id)
     budget.metadata.update(
         {k: result[k] for k in ("dataset_sha256", "spent", "requested", "lifetime_budget")}
     )

@@ -53,13 +53,19 @@ def run(
     run_cfg: RunConfig,
     cleaned_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
+    *,
+    run_id: str,
 ) -> dict[str, Any]:
     """Refuse the run if its epsilon_budget would take the dataset past its lifetime budget.
+
+    When the run fits, its whole epsilon_budget is reserved in the ledger in the same locked
+    operation (``components.common.ledger.reserve``); dp_audit later records the actual spend.
 
     Args:
         run_cfg: the run section (epsilon_budget, lifetime_epsilon_budget, ledger_path).
         cleaned_dir: ingest's output (``cleaning_report.json``).
         out_dir: where ``budget.json`` and ``step.json`` go, only when the run may go ahead.
+        run_id: the run's id, under which the reservation is written.
 
     Returns:
         dataset_sha256, spent, requested, lifetime_budget, remaining (after this run at most)
@@ -72,11 +78,17 @@ def run(
     """
     timer = StepTimer("budget_check")
     sha = dataset_hash(cleaned_dir)
-    already = ledger.check_budget(
-        run_cfg.ledger_path, sha, run_cfg.epsilon_budget, run_cfg.lifetime_epsilon_budget
+    already = ledger.reserve(
+        run_cfg.ledger_path,
+        dataset_sha256=sha,
+        run_id=run_id,
+        requested=run_cfg.epsilon_budget,
+        lifetime_budget=run_cfg.lifetime_epsilon_budget,
     )
     result = {
         "dataset_sha256": sha,
+        "run_id": run_id,
+        "reserved": run_cfg.epsilon_budget,
         "spent": already,
         "requested": run_cfg.epsilon_budget,
         "lifetime_budget": run_cfg.lifetime_epsilon_budget,

@@ -1,14 +1,21 @@
 """The privacy budget ledger: the epsilon every run spent, by dataset, across runs.
 
 A dataset is identified by ``dataset_sha256``, the content hash of its cleaned events
-(``cleaning_report.json``). The ledger is a JSON-lines file, one entry per run; entries are only
-ever appended, under an exclusive ``fcntl.flock``, so concurrent runs never lose an entry.
+(``cleaning_report.json``). The ledger is a JSON-lines file whose entries are only ever appended,
+under an exclusive ``fcntl.flock``, so concurrent runs never lose an entry.
+
+A run writes two kinds of entry. budget_check *reserves* the run's whole ``epsilon_budget`` before
+any training, checking and appending under one exclusive lock, so two runs started together cannot
+both pass a check that only one of them fits. dp_audit then records what the run actually *spent*,
+which replaces that run's reservation in the sum. A run that stops between the two keeps its
+reservation counted: its trainings may have run, and the ledger cannot tell, so it assumes the
+worst.
 
 Composition across runs is basic, as within a run (``components.dp_audit.logic``): every run on
 the same dataset spends its epsilon on the same customers, so the dataset's cumulative epsilon is
-the sum of the recorded epsilons. An entry whose epsilon is ``null`` records a training without DP:
-it has no finite guarantee, so the dataset's spend becomes unbounded and every later run on it is
-refused.
+the sum over its runs (per run: the spend, else the reservation). An entry whose epsilon is
+``null`` records a training without DP: it has no finite guarantee, so the dataset's spend becomes
+unbounded and every later run on it is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from components.common.errors import PrivacyError
 
 logger = logging.getLogger(__name__)
 
+SPEND = "spend"
+RESERVATION = "reservation"
 COMPOSITION = "basic: a dataset's cumulative epsilon is the sum of the epsilons of its runs"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -73,6 +82,10 @@ def entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return []
     with _locked(path, "r", fcntl.LOCK_SH) as handle:
         lines = handle.read().splitlines()
+    return _parse(path, lines)
+
+
+def _parse(path: Path, lines: list[str]) -> list[dict[str, Any]]:
     result = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -85,6 +98,7 @@ def entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         valid = (
             isinstance(entry, dict)
             and isinstance(entry.get("dataset_sha256"), str)
+            and entry.get("kind", SPEND) in (SPEND, RESERVATION)
             and "epsilon" in entry
             and (
                 entry["epsilon"] is None
@@ -98,29 +112,48 @@ def entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         )
         if not valid:
             raise PrivacyError(
-                f"{where}: expected an object with dataset_sha256 (str) and epsilon (a number "
-                f">= 0, or null for a run without DP), got {line[:200]!r}"
+                f"{where}: expected an object with dataset_sha256 (str), kind (spend or "
+                f"reservation) and epsilon (a number >= 0, or null for a run without DP), got "
+                f"{line[:200]!r}"
             )
         result.append(entry)
     return result
 
 
-def spent(path: str | os.PathLike[str], dataset_sha256: str) -> float:
-    """The cumulative epsilon recorded for one dataset (basic composition: the sum).
-
-    Returns:
-        The sum of the dataset's recorded epsilons; 0.0 when it has none, ``math.inf`` when one
-        of its runs trained without DP.
-    """
-    dataset_sha256 = _check_sha(dataset_sha256)
-    total = 0.0
-    for entry in entries(path):
+def _dataset_total(all_entries: list[dict[str, Any]], dataset_sha256: str) -> float:
+    """Sum one dataset's epsilon: each run counts its spend, or its reservation without one."""
+    by_run: dict[str, dict[str, Any]] = {}
+    anonymous: list[dict[str, Any]] = []
+    for entry in all_entries:
         if entry["dataset_sha256"] != dataset_sha256:
             continue
+        run_id = entry.get("run_id")
+        if not isinstance(run_id, str) or not run_id:
+            anonymous.append(entry)
+            continue
+        kept = by_run.get(run_id)
+        # A spend supersedes the reservation of the same run; of two spends the later one wins.
+        if kept is None or entry.get("kind", SPEND) == SPEND:
+            by_run[run_id] = entry
+    total = 0.0
+    for entry in [*by_run.values(), *anonymous]:
         if entry["epsilon"] is None:
             return math.inf
         total += float(entry["epsilon"])
     return total
+
+
+def spent(path: str | os.PathLike[str], dataset_sha256: str) -> float:
+    """The cumulative epsilon recorded for one dataset (basic composition: the sum).
+
+    Each run counts once: with its recorded spend, or with its reservation when it has no spend
+    (it is running, or it stopped after budget_check).
+
+    Returns:
+        The sum of the dataset's epsilons; 0.0 when it has none, ``math.inf`` when one of its runs
+        trained without DP.
+    """
+    return _dataset_total(entries(path), _check_sha(dataset_sha256))
 
 
 def check_budget(
@@ -158,6 +191,78 @@ def check_budget(
         dataset_sha256[:12],
         already,
         requested,
+        lifetime_budget,
+    )
+    return already
+
+
+def reserve(
+    path: str | os.PathLike[str],
+    *,
+    dataset_sha256: str,
+    run_id: str,
+    requested: float,
+    lifetime_budget: float,
+) -> float:
+    """Check the run against the lifetime budget and reserve its epsilon, atomically.
+
+    The check and the append happen under one exclusive lock on the ledger file, so of two runs
+    that would each fit alone but not together, the second is refused.
+
+    Args:
+        path: the ledger file; its folder is created when missing.
+        dataset_sha256: the dataset's content hash.
+        run_id: the run's id; dp_audit's spend for the same id later replaces the reservation.
+        requested: the most epsilon the run may spend (its ``epsilon_budget``).
+        lifetime_budget: the most epsilon the dataset may ever spend.
+
+    Returns:
+        The epsilon the dataset had spent or reserved before this run.
+
+    Raises:
+        PrivacyError: spent + requested exceeds the lifetime budget (the message gives the three
+            figures), the run id already has an entry, or a value is invalid.
+    """
+    dataset_sha256 = _check_sha(dataset_sha256)
+    if not isinstance(run_id, str) or not run_id:
+        raise PrivacyError(f"run_id={run_id!r} must be a non-empty string")
+    requested = _check_amount("requested epsilon", requested, positive=True)
+    lifetime_budget = _check_amount("lifetime_epsilon_budget", lifetime_budget, positive=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path, "a+", fcntl.LOCK_EX) as handle:
+        handle.seek(0)
+        current = _parse(path, handle.read().splitlines())
+        if any(e.get("run_id") == run_id for e in current):
+            raise PrivacyError(
+                f"run_id={run_id!r} already has an entry in the privacy ledger {path}: "
+                "every run needs its own id"
+            )
+        already = _dataset_total(current, dataset_sha256)
+        if already + requested > lifetime_budget:
+            raise PrivacyError(
+                f"dataset {dataset_sha256[:12]}: spent {already:.4g}, this run requests "
+                f"{requested:.4g}, lifetime budget {lifetime_budget:.4g} (ledger {path}); "
+                "the run is refused before any training"
+            )
+        entry = {
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+            "kind": RESERVATION,
+            "dataset_sha256": dataset_sha256,
+            "run_id": run_id,
+            "epsilon": requested,
+            "lifetime_budget": lifetime_budget,
+            "composition": COMPOSITION,
+        }
+        handle.write(json.dumps(entry, sort_keys=True, allow_nan=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    logger.info(
+        "privacy budget of dataset %s: spent %.4g, reserved %.4g for run %s, lifetime budget %.4g",
+        dataset_sha256[:12],
+        already,
+        requested,
+        run_id,
         lifetime_budget,
     )
     return already
@@ -204,6 +309,7 @@ def record(
     }
     entry = {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "kind": SPEND,
         "dataset_sha256": dataset_sha256,
         "run_id": run_id,
         "epsilon": epsilon,

@@ -191,11 +191,11 @@ def test_budget_check_refuses_before_writing_anything(tmp_path):
     out = tmp_path / "budget"
 
     with pytest.raises(PrivacyError, match="spent 45, this run requests 10, lifetime budget 50"):
-        budget_check.run(cfg, _cleaned(tmp_path, SHA_A), out)
+        budget_check.run(cfg, _cleaned(tmp_path, SHA_A), out, run_id="run-new")
 
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".budget")] == []
-    assert len(ledger.entries(path)) == 1  # checking records nothing
+    assert len(ledger.entries(path)) == 1  # a refused run reserves nothing
 
 
 def test_budget_check_passes_and_reports_the_figures(tmp_path):
@@ -204,7 +204,7 @@ def test_budget_check_passes_and_reports_the_figures(tmp_path):
     cfg = RunConfig(epsilon_budget=12.0, lifetime_epsilon_budget=50.0, ledger_path=str(path))
     out = tmp_path / "budget"
 
-    result = budget_check.run(cfg, _cleaned(tmp_path, SHA_A), out)
+    result = budget_check.run(cfg, _cleaned(tmp_path, SHA_A), out, run_id="run-new")
 
     written = json.loads((out / budget_check.BUDGET_FILE).read_text())
     assert written == result
@@ -214,12 +214,16 @@ def test_budget_check_passes_and_reports_the_figures(tmp_path):
     assert result["lifetime_budget"] == 50.0
     assert result["remaining"] == pytest.approx(8.0)
     assert (out / "step.json").is_file()
+    # The run's whole budget is reserved until dp_audit records its spend.
+    assert ledger.spent(path, SHA_A) == pytest.approx(42.0)
+    assert ledger.entries(path)[-1]["kind"] == ledger.RESERVATION
+    assert ledger.entries(path)[-1]["run_id"] == "run-new"
 
 
 def test_budget_check_needs_the_dataset_hash(tmp_path):
     cfg = RunConfig(ledger_path=str(tmp_path / "l.jsonl"))
     with pytest.raises(InputError, match="dataset_sha256"):
-        budget_check.run(cfg, _cleaned(tmp_path, None), tmp_path / "budget")
+        budget_check.run(cfg, _cleaned(tmp_path, None), tmp_path / "budget", run_id="r")
     assert not (tmp_path / "budget").exists()
 
 
@@ -229,3 +233,59 @@ def test_run_config_defaults_and_bounds():
     assert cfg.ledger_path == "runs/privacy-ledger.jsonl"
     with pytest.raises(ValueError, match="lifetime_epsilon_budget"):
         RunConfig(lifetime_epsilon_budget=0)
+
+
+def _reserve(path: Path, run_id: str, requested: float, budget: float = 10.0) -> float:
+    return ledger.reserve(
+        path, dataset_sha256=SHA_A, run_id=run_id, requested=requested, lifetime_budget=budget
+    )
+
+
+def test_a_spend_replaces_its_runs_reservation(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    assert _reserve(path, "run-1", 6.0) == 0.0
+    assert ledger.spent(path, SHA_A) == pytest.approx(6.0)  # reserved, not yet audited
+
+    _record(path, SHA_A, 3.5, "run-1")  # dp_audit: the run spent less than it reserved
+
+    assert ledger.spent(path, SHA_A) == pytest.approx(3.5)
+    assert _reserve(path, "run-2", 6.5) == pytest.approx(3.5)
+    with pytest.raises(PrivacyError, match="spent 10, this run requests 0.5, lifetime budget 10"):
+        _reserve(path, "run-3", 0.5)
+
+
+def test_a_run_id_reserves_once(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    _reserve(path, "run-1", 1.0)
+    with pytest.raises(PrivacyError, match="run_id='run-1' already has an entry"):
+        _reserve(path, "run-1", 1.0)
+    assert len(ledger.entries(path)) == 1
+
+
+def _reserve_once(path: str, run_id: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        _reserve(Path(path), run_id, 6.0)
+        results.put((run_id, "reserved"))
+    except PrivacyError:
+        results.put((run_id, "refused"))
+
+
+def test_two_runs_that_fit_alone_but_not_together_cannot_both_start(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_reserve_once, args=(str(path), name, barrier, results))
+        for name in ("a", "b")
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+
+    outcomes = sorted(results.get(timeout=5)[1] for _ in workers)
+    assert outcomes == ["refused", "reserved"]
+    assert ledger.spent(path, SHA_A) == pytest.approx(6.0)
