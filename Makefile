@@ -9,7 +9,7 @@ CONFIG ?= configs/demo.yaml
 SOURCE ?= bundled
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast stop status lint compile clean
+.PHONY: install demo test test-fast stop status lint compile clean bench-generator bench-recommender bench-serving
 
 install: $(STAMP)
 
@@ -47,6 +47,19 @@ lint: $(STAMP)
 
 compile: $(STAMP)
 	$(PY) -m pipelines.compile --output build/recsynth-pipeline.yaml
+
+# Benchmarks print their figures as ratios against a baseline measured in the same run, and write
+# bench/results/<name>.json. BENCH_ARGS passes flags through (e.g. BENCH_ARGS=--quick).
+BENCH_ARGS ?=
+
+bench-generator: $(STAMP)
+	$(PY) -m bench.generator $(BENCH_ARGS)
+
+bench-recommender: $(STAMP)
+	$(PY) -m bench.recommender $(BENCH_ARGS)
+
+bench-serving: $(STAMP)
+	$(PY) -m bench.serving $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
