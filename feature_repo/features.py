@@ -9,12 +9,15 @@ feature_store.yaml and this file), and stores it relative in the registry. So ev
 reads its own data/, independent of the working directory, and the finished folder can be renamed
 or moved (atomic rename, KFP artifact copy, container image) without rewriting the registry.
 
-TTLs and 2011 data: the Online Retail purchases end in 2011, years before any run. In Feast 0.67
-a feature view's TTL (1) bounds how far back a point-in-time join for a training set looks, and
-(2) sets the start of the first materialize_incremental window (now - TTL). It is not applied to
-sqlite or Redis online reads (tests/feature_repo pins that). register_features materializes with
-an explicit window taken from the data, so the TTL decides nothing there either; the default TTL
-is still chosen long enough that every path treats the 2011 histories as current.
+Event timestamps and TTLs: a customer_history row is stamped with the moment the shop's knowledge
+of that customer was last confirmed: register_features stamps every row with the registration
+time (the bundled purchases end in 2011, so stamping them with their own times would make every
+history years older than any realistic TTL), and a pushed purchase restamps the row. The real time
+of the customer's last purchase travels as the feature ``last_purchase_at``. The stamp is also
+kept as the feature ``updated_at``, because Feast 0.67 neither applies a view's TTL to online reads
+nor stores the sqlite online store's event timestamps independently of the machine's timezone
+(tests/feature_repo/test_feast_ttl.py pins both); serving.features checks ``updated_at`` against
+this view's TTL and treats an older row as missing.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-from feast.types import Array, Float32, Int64, String
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.types import Array, Float32, Int64, String, UnixTimestamp
 
 # Run settings that register_features writes beside this file (history TTL). Without the file,
 # e.g. when this folder is applied by hand, the defaults below match FeaturesConfig's defaults.
@@ -33,10 +36,10 @@ _SETTINGS = (
     json.loads(_SETTINGS_FILE.read_text(encoding="utf-8")) if _SETTINGS_FILE.is_file() else {}
 )
 
-# About 27 years: covers purchases from 2010 for runs up to about 2037 (see the module docstring).
-DEFAULT_HISTORY_TTL_DAYS = 10_000
+# A history neither re-registered nor updated by a purchase for 30 days is stale: the feature
+# pipeline has stopped, and serving falls back to the anonymous path rather than guess.
+DEFAULT_HISTORY_TTL_DAYS = 30
 HISTORY_TTL = timedelta(days=int(_SETTINGS.get("history_ttl_days", DEFAULT_HISTORY_TTL_DAYS)))
-
 # A customer of the shop, as identified at checkout (the CustomerID of the logs, e.g. "17850").
 # Only registered customers have one; guest checkouts have no history to serve.
 customer = Entity(
@@ -55,13 +58,25 @@ item = Entity(
     description="A catalogue product, keyed by its stock code.",
 )
 
-# One row per customer: the shop's current knowledge of them, stamped with their last purchase
-# time (UTC). Written by register_features from the cleaned purchase sequences.
+# One row per customer: the shop's current knowledge of them, stamped (UTC) with the time that
+# knowledge was registered (see the module docstring). Written by register_features from the
+# cleaned purchase sequences.
 customer_history_source = FileSource(
     name="customer_history_source",
     path="data/customer_history.parquet",
     timestamp_field="event_timestamp",
     description="Per-customer history snapshot, one row per customer.",
+)
+
+# New purchases, pushed by the online server the moment they happen (serving.features
+# CustomerHistory.push_purchase), so the next recommendation sees them without a new
+# materialization. Pushes go to the online store only: the offline truth stays the shop's own
+# purchase log, from which the next registration rebuilds every row. The batch source is what
+# materialization and training-set joins read.
+customer_history_push = PushSource(
+    name="customer_history_push",
+    batch_source=customer_history_source,
+    description="Online updates of a customer's history after a purchase.",
 )
 
 # One row per product: how often real customers bought it in the training data and its price
@@ -83,11 +98,10 @@ item_text_source = FileSource(
 
 # What the recommender needs to answer "what next?" for a returning customer: the last items
 # they bought (distinct stock codes in order of first purchase, oldest first, the last N of them),
-# how many distinct items they have bought in all, and their country.
-# TTL: how long after a customer's last purchase their history still counts as current. A shop
-# would rather recommend from an old history than from none, so it is long; with the 2011 data it
-# must also exceed the data's age, or training-set joins and incremental materialization would
-# treat every customer as expired.
+# how many distinct items they have bought in all, their country, when they last bought, and when
+# this row was last confirmed (its event timestamp, as a timezone-independent feature).
+# TTL: how long a row stays current without being re-registered or updated by a purchase. Served
+# rows older than that are treated as missing (serving.features checks updated_at against it).
 customer_history = FeatureView(
     name="customer_history",
     entities=[customer],
@@ -101,16 +115,25 @@ customer_history = FeatureView(
         ),
         Field(name="n_items", dtype=Int64, description="Distinct items bought in all."),
         Field(name="country", dtype=String, description="The customer's most frequent country."),
+        Field(
+            name="last_purchase_at",
+            dtype=UnixTimestamp,
+            description="Time of the customer's last purchase (UTC).",
+        ),
+        Field(
+            name="updated_at",
+            dtype=UnixTimestamp,
+            description="When this row was registered or last updated by a push (UTC).",
+        ),
     ],
-    source=customer_history_source,
+    source=customer_history_push,
     online=True,
     description="A customer's purchase history as the shop knows it now.",
 )
 
 # How popular a product is and how expensive it is relative to the catalogue (price band 0 is the
 # cheapest). Used to break ties and to fall back to popular items for customers without history.
-# TTL: the counts come from the same purchases as the histories, so they stay current as long as
-# the histories do.
+# TTL: the counts are registered together with the histories, so they go stale together.
 item_popularity = FeatureView(
     name="item_popularity",
     entities=[item],
@@ -146,10 +169,23 @@ item_text = FeatureView(
     description="Product text and its embedding.",
 )
 
-# What the online recommender reads per request: the customer's history. Item facts travel with
-# the exported model's catalogue, so the request path needs one lookup keyed by customer_id only.
-recommender = FeatureService(
-    name="recommender",
+# Version 1 of the recommender's features, all of them: the customer's history and the facts of
+# a candidate item. Rows carry both keys (customer_id and item_id), as in a training-set join or
+# when scoring candidates one by one; each view joins on its own key.
+recommender_v1 = FeatureService(
+    name="recommender_v1",
+    features=[
+        customer_history,
+        item_popularity,
+        item_text[["description"]],
+    ],
+    description="All features of recommender v1 (customer history and item facts).",
+)
+
+# What the online recommender reads per request, keyed by customer_id only: the history. Item
+# facts travel with the exported model's catalogue, so the request path needs one lookup.
+recommender_online_v1 = FeatureService(
+    name="recommender_online_v1",
     features=[customer_history],
     description="Features the online recommender reads per request (keyed by customer_id).",
 )

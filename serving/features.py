@@ -1,4 +1,17 @@
-"""Customer histories from the Feast online store, for the recommender.
+"""Customer histories from the Feast online store, for the recommender: read, TTL, push.
+
+Reads go through Feast's online-store interface directly: one ``OnlineStore.online_read`` per
+request on a store object (and so a connection) opened once, with the feature view resolved from
+the registry once at load. ``FeatureStore.get_online_features`` does the same read but adds, per
+call, a registry-cache check (a synchronous registry reload every ``cache_ttl_seconds``), entity
+and request-context preparation and response building around it. No values are cached here:
+every lookup reads the online store, so a pushed purchase is seen by the next request.
+
+TTL: Feast 0.67 serves rows from sqlite and Redis whatever their age, and the sqlite store keeps
+event timestamps as local wall-clock epochs (a row written under one TZ reads back shifted under
+another). So the row's stamp is also a feature, ``updated_at`` (a UnixTimestamp, seconds since the
+epoch, timezone-independent), and a row whose ``updated_at`` is older than the view's ``ttl`` is
+treated as missing: the recommender then takes its anonymous path.
 
 feast is imported only when :class:`CustomerHistory` is built (in the model's ``load``): its
 import takes ~8 s and pulls torch in when torch is installed, so importing ``serving`` stays
@@ -9,27 +22,63 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from serving.errors import ModelLoadError, NotReady
+import numpy as np
+
+from serving.errors import BadRequest, ModelLoadError, NotReady
 
 logger = logging.getLogger(__name__)
 
 FEATURE_VIEW = "customer_history"
 JOIN_KEY = "customer_id"
 FEATURE = "recent_items"
+PUSH_SOURCE = "customer_history_push"
+# The features a lookup reads, and that a push writes back whole.
+FEATURES = ("recent_items", "n_items", "country", "last_purchase_at", "updated_at")
+# How many distinct items a customer's online history keeps (register_features.recent_items).
+HISTORY_LENGTH = 50
+# A purchase pushed with more distinct items than this is refused: no basket is that large, and
+# the history keeps only the last HISTORY_LENGTH anyway.
+MAX_PUSH_ITEMS = 1000
+# A purchase time this far ahead of this machine's clock is refused as a clock error rather than
+# stamped into the future, where it would outlive the TTL.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+ALLOWED_CUSTOMER_ID = "a non-empty string customer id, e.g. '17850'"
+
+
+@dataclass(frozen=True)
+class History:
+    """One customer's online row, as served (never logged).
+
+    Attributes:
+        recent_items: stock codes, oldest first (at most HISTORY_LENGTH).
+        n_items: distinct items bought in all, as far as the store knows.
+        country: the customer's country, None when unknown.
+        last_purchase_at: time of the last purchase (UTC), None when unknown.
+        updated_at: when the row was registered or last pushed (UTC).
+    """
+
+    recent_items: list[str]
+    n_items: int
+    country: str | None
+    last_purchase_at: datetime | None
+    updated_at: datetime
 
 
 class CustomerHistory:
-    """Reads ``customer_history:recent_items`` (stock codes, oldest first) for customer ids.
+    """Reads and updates ``customer_history`` rows (keyed by ``customer_id``) of a Feast repo.
 
     Args:
         repo_path: a Feast repo with ``feature_store.yaml`` (the ``feature_store/`` artifact).
 
     Raises:
-        ModelLoadError: the repo does not open, or it lacks the feature view, its join key or
-            the feature.
+        ModelLoadError: the repo does not open, it lacks the feature view, its join key, a
+            feature or the push source, or the online store cannot be read.
     """
 
     def __init__(self, repo_path: Path) -> None:
@@ -38,11 +87,14 @@ class CustomerHistory:
             raise ModelLoadError(f"no feature_store.yaml in the feature repo {repo_path}")
         try:
             from feast import FeatureStore
+            from feast.infra.online_stores.helpers import get_online_store_from_config
         except ImportError as exc:
             raise ModelLoadError(f"feast is not installed: {exc}") from exc
         try:
             self._store = FeatureStore(repo_path=str(repo_path))
             view = self._store.get_feature_view(FEATURE_VIEW)
+            push_sources = {s.name for s in self._store.list_data_sources()}
+            self._online = get_online_store_from_config(self._store.config.online_store)
         except Exception as exc:  # feast raises its own *NotFound / config errors
             raise ModelLoadError(
                 f"feature repo {repo_path} has no usable feature view {FEATURE_VIEW!r}: {exc}"
@@ -52,49 +104,393 @@ class CustomerHistory:
             raise ModelLoadError(
                 f"feature view {FEATURE_VIEW!r} has join keys {join_keys}, expected [{JOIN_KEY!r}]"
             )
-        features = [f.name for f in view.features]
-        if FEATURE not in features:
+        names = [f.name for f in view.features]
+        missing = [f for f in FEATURES if f not in names]
+        if missing:
             raise ModelLoadError(
-                f"feature view {FEATURE_VIEW!r} has no feature {FEATURE!r} (it has {features})"
+                f"feature view {FEATURE_VIEW!r} lacks the features {missing} (it has {names}); "
+                "re-run register_features with this version of feature_repo/"
             )
-        self._ref = f"{FEATURE_VIEW}:{FEATURE}"
-        # Requests run in a thread pool and the sqlite online store shares one connection
-        # (opened with check_same_thread=False): reads are serialised here, ~20 ms each.
-        self._lock = threading.Lock()
-        logger.info("feature store %s open, reading %s", repo_path, self._ref)
+        if PUSH_SOURCE not in push_sources:
+            raise ModelLoadError(
+                f"feature repo {repo_path} has no push source {PUSH_SOURCE!r} "
+                f"(it has {sorted(push_sources)})"
+            )
+        self._view = view
+        self._config = self._store.config
+        self.ttl: timedelta = view.ttl or timedelta(0)
+        self.store_type: str = str(self._config.online_store.type)
+        # The sqlite store shares one connection between threads (check_same_thread=False), so
+        # reads on it are serialised; a read takes a fraction of a millisecond. redis-py's client
+        # is thread-safe and keeps a pool, so Redis reads run concurrently.
+        self._read_lock: threading.Lock | None = (
+            threading.Lock() if self.store_type == "sqlite" else None
+        )
+        # A push reads the row, extends it and writes it back: one at a time in this process.
+        self._push_lock = threading.Lock()
+        # The first read opens the connection and imports the store's modules (~100 ms); do it
+        # here so no request pays for it and a broken store fails readiness, not a request.
+        try:
+            self._read(["__recsynth_probe__"])
+        except NotReady as exc:
+            raise ModelLoadError(str(exc)) from exc
+        logger.info(
+            "feature store %s open (%s online store), reading %s, ttl %s",
+            repo_path,
+            self.store_type,
+            FEATURE_VIEW,
+            self.ttl,
+        )
+
+    # read ---------------------------------------------------------------------------------
+
+    def histories(
+        self, customer_ids: list[str], *, now: datetime | None = None
+    ) -> list[History | None]:
+        """The online row of each customer, ``None`` when unknown, empty or older than the ttl.
+
+        Args:
+            customer_ids: string customer ids, as on the wire.
+            now: the time the ttl is measured to (UTC-aware); this machine's clock when None.
+
+        Returns:
+            One entry per id, in order.
+
+        Raises:
+            BadRequest: an id is not a non-empty string (names ``customer_id`` and the index).
+            NotReady: the online store could not be read.
+        """
+        if not customer_ids:
+            return []
+        for i, cid in enumerate(customer_ids):
+            check_customer_id(cid, field=f"{JOIN_KEY}[{i}]")
+        now = _utc_now() if now is None else _require_utc(now, "now")
+        rows = self._read(customer_ids)
+        out: list[History | None] = []
+        expired = 0
+        for row in rows:
+            if row is None or not row.recent_items:
+                out.append(None)
+            elif self.ttl > timedelta(0) and now - row.updated_at > self.ttl:
+                expired += 1
+                out.append(None)
+            else:
+                out.append(row)
+        logger.debug(
+            "online histories for %d customers: %d served, %d expired",
+            len(out),
+            sum(v is not None for v in out),
+            expired,
+        )
+        return out
 
     def recent_items(self, customer_ids: list[str]) -> list[list[str] | None]:
-        """The recent items of each customer, oldest first; ``None`` for an unknown customer.
+        """The recent items of each customer, oldest first; ``None`` when unknown or expired.
 
         Args:
             customer_ids: string customer ids, as on the wire.
 
         Returns:
             One entry per id, in order: the list of stock codes, or ``None`` when the online
-            store holds no row (or an empty one) for that customer.
+            store holds no row, an empty one, or one older than the view's ttl.
 
         Raises:
+            BadRequest: an id is not a non-empty string.
             NotReady: the online store could not be read.
         """
-        if not customer_ids:
-            return []
+        return [None if h is None else list(h.recent_items) for h in self.histories(customer_ids)]
+
+    def features_for(self, entity_rows: list[dict[str, Any]]) -> list[History | None]:
+        """Rows for Feast-style entity rows ``[{"customer_id": "17850"}, ...]``.
+
+        Raises:
+            BadRequest: a row is not a dict, lacks ``customer_id``, carries another key, or its
+                value is not a non-empty string (the message names the key and what is allowed).
+            NotReady: the online store could not be read.
+        """
+        ids = []
+        for i, row in enumerate(entity_rows):
+            if not isinstance(row, dict):
+                raise BadRequest(
+                    "an entity row must be an object",
+                    field=f"entity_rows[{i}]",
+                    value=row,
+                    allowed=f"{{{JOIN_KEY!r}: <customer id>}}",
+                )
+            other = sorted(str(k) for k in row if k != JOIN_KEY)
+            if other:
+                raise BadRequest(
+                    f"unknown join key {other[0]!r} for feature view {FEATURE_VIEW!r}",
+                    field=f"entity_rows[{i}].{other[0]}",
+                    allowed=f"the join key {JOIN_KEY!r} only",
+                )
+            if JOIN_KEY not in row:
+                raise BadRequest(
+                    f"the join key {JOIN_KEY!r} is missing",
+                    field=f"entity_rows[{i}].{JOIN_KEY}",
+                    allowed=ALLOWED_CUSTOMER_ID,
+                )
+            ids.append(check_customer_id(row[JOIN_KEY], field=f"entity_rows[{i}].{JOIN_KEY}"))
+        return self.histories(ids)
+
+    def _read(self, customer_ids: list[str]) -> list[History | None]:
+        """One online_read of the view for these ids (no ttl applied)."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        keys = [
+            EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(string_val=cid)])
+            for cid in customer_ids
+        ]
         try:
-            with self._lock:
-                response = self._store.get_online_features(
-                    features=[self._ref],
-                    entity_rows=[{JOIN_KEY: cid} for cid in customer_ids],
-                ).to_dict()
+            if self._read_lock is None:
+                rows = self._online.online_read(self._config, self._view, keys, list(FEATURES))
+            else:
+                with self._read_lock:
+                    rows = self._online.online_read(self._config, self._view, keys, list(FEATURES))
         except Exception as exc:  # sqlite/redis errors surface as many types
             raise NotReady(f"the online feature store could not be read: {exc}") from exc
-        # Feast answers every requested row, with None values for entities it does not know.
-        values: list[Any] = response.get(FEATURE, [None] * len(customer_ids))
-        out: list[list[str] | None] = []
-        for value in values:
-            if value is None or len(value) == 0:
-                out.append(None)
-            else:
-                out.append([str(v) for v in value])
-        logger.debug(
-            "online features for %d customers, %d known", len(out), sum(v is not None for v in out)
+        return [_decode(values) for _, values in rows]
+
+    # push ---------------------------------------------------------------------------------
+
+    def push_purchase(
+        self,
+        customer_id: str,
+        items: list[str],
+        ts: datetime | None = None,
+        *,
+        country: str | None = None,
+    ) -> dict:
+        """Append a purchase to the customer's online history at once (Feast push, online only).
+
+        The items not yet in the history are appended in the order given, the history keeps its
+        last HISTORY_LENGTH items, and ``n_items`` grows by the number appended. A history that
+        is missing or older than the ttl starts afresh from this purchase. The row's stamp
+        (event timestamp and ``updated_at``) becomes ``ts`` in whole seconds, or one second past
+        the row's previous stamp when that is later (the Redis store keeps only a row newer than
+        the stored one, so two pushes in one second stamp the second one a second ahead);
+        ``last_purchase_at`` becomes the later of the old value and ``ts``.
+
+        Pushed with ``PushMode.ONLINE``: the offline source is the registration's snapshot, and
+        the shop's purchase log, from which the next registration rebuilds every row, stays the
+        offline truth.
+
+        Args:
+            customer_id: the string customer id.
+            items: the stock codes bought, at least one, at most MAX_PUSH_ITEMS.
+            ts: when the purchase happened, UTC-aware; now when None.
+            country: the customer's country, kept from the stored row when None.
+
+        Returns:
+            ``customer_id``, ``added`` (items new to the history), ``n_items``, ``history_length``,
+            ``restarted`` (the stored row was missing or expired), ``updated_at`` and
+            ``last_purchase_at`` (ISO 8601, UTC), ``mode`` ("online").
+
+        Raises:
+            BadRequest: a field is malformed (names ``customer_id``, ``items[i]``, ``ts`` or
+                ``country``, and what is allowed).
+            NotReady: the online store could not be read or written.
+        """
+        import pandas as pd
+        from feast.data_source import PushMode
+
+        check_customer_id(customer_id, field=JOIN_KEY)
+        bought = _check_items(items)
+        now = _utc_now()
+        ts = now if ts is None else _require_utc(ts, "ts")
+        if ts - now > MAX_CLOCK_SKEW:
+            raise BadRequest(
+                "the purchase time lies in the future",
+                field="ts",
+                value=ts.isoformat(),
+                allowed=f"a UTC-aware time no later than {MAX_CLOCK_SKEW} past now",
+            )
+        if country is not None and (not isinstance(country, str) or not country):
+            raise BadRequest("must be a non-empty string", field="country", value=country)
+
+        with self._push_lock:
+            old = self._read([customer_id])[0]
+            restarted = (
+                old is None
+                or not old.recent_items
+                or (self.ttl > timedelta(0) and now - old.updated_at > self.ttl)
+            )
+            history = [] if restarted else list(old.recent_items)
+            seen = set(history)
+            added = [i for i in dict.fromkeys(bought) if i not in seen]
+            history = (history + added)[-HISTORY_LENGTH:]
+            n_items = len(added) + (0 if restarted else old.n_items)
+            # Whole seconds, as the store keeps them, and always past the stored stamp: the Redis
+            # store drops a write whose event timestamp is not newer than the stored one.
+            stamp = _seconds(ts)
+            last_purchase = _seconds(ts)
+            kept_country = None
+            if old is not None:
+                stamp = max(stamp, old.updated_at + timedelta(seconds=1))
+                kept_country = old.country
+                if old.last_purchase_at is not None:
+                    last_purchase = max(last_purchase, old.last_purchase_at)
+            row = pd.DataFrame(
+                {
+                    JOIN_KEY: [customer_id],
+                    "recent_items": [history],
+                    "n_items": np.asarray([n_items], dtype=np.int64),
+                    "country": [country if country is not None else kept_country],
+                    "last_purchase_at": pd.DatetimeIndex([last_purchase]).tz_convert("UTC"),
+                    "updated_at": pd.DatetimeIndex([stamp]).tz_convert("UTC"),
+                    "event_timestamp": pd.DatetimeIndex([stamp]).tz_convert("UTC"),
+                }
+            )
+            try:
+                self._store.push(PUSH_SOURCE, row, to=PushMode.ONLINE)
+            except Exception as exc:  # sqlite/redis errors surface as many types
+                raise NotReady(f"the online feature store could not be written: {exc}") from exc
+        logger.info(
+            "pushed a purchase: %d items, %d new to the history%s",
+            len(bought),
+            len(added),
+            " (history restarted)" if restarted else "",
         )
-        return out
+        return {
+            "customer_id": customer_id,
+            "added": len(added),
+            "n_items": int(n_items),
+            "history_length": len(history),
+            "restarted": restarted,
+            "updated_at": stamp.isoformat(),
+            "last_purchase_at": last_purchase.isoformat(),
+            "mode": "online",
+        }
+
+
+def lookup_latency(repo_path: Path, customer_ids: list[str], n: int) -> dict:
+    """Time ``n`` single-customer lookups (the request path's read) against a Feast repo.
+
+    The repo is opened (and warmed) first; the lookups then cycle through ``customer_ids`` one
+    id at a time, each a real online-store read with the ttl check, as one request makes.
+
+    Args:
+        repo_path: the ``feature_store/`` Feast repo.
+        customer_ids: ids to look up (known, unknown or expired alike).
+        n: number of timed lookups, at least 1.
+
+    Returns:
+        ``n``, ``store`` (online store type), ``p50_ms``, ``p99_ms``, ``mean_ms``, ``max_ms``,
+        ``served`` (lookups that returned a history).
+
+    Raises:
+        ValueError: ``customer_ids`` is empty or ``n`` is below 1.
+    """
+    if not customer_ids:
+        raise ValueError("customer_ids must name at least one customer")
+    if n < 1:
+        raise ValueError(f"n must be at least 1; got {n}")
+    history = CustomerHistory(Path(repo_path))
+    timings = np.empty(n, dtype=np.float64)
+    served = 0
+    for i in range(n):
+        cid = customer_ids[i % len(customer_ids)]
+        started = time.perf_counter()
+        found = history.recent_items([cid])[0]
+        timings[i] = time.perf_counter() - started
+        served += found is not None
+    ms = timings * 1e3
+    return {
+        "n": n,
+        "store": history.store_type,
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "max_ms": round(float(ms.max()), 4),
+        "served": served,
+    }
+
+
+def check_customer_id(value: Any, *, field: str = JOIN_KEY) -> str:
+    """``value`` when it is a non-empty string customer id; otherwise a BadRequest naming ``field``.
+
+    Ids are strings at the edges: an int or float id (17850, 17850.0) is refused rather than
+    guessed at, since "17850" and "17850.0" would name different customers.
+    """
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise BadRequest(
+            "must be a string customer id without surrounding spaces",
+            field=field,
+            value=value,
+            has_value=True,
+            allowed=ALLOWED_CUSTOMER_ID,
+        )
+    return value
+
+
+def _check_items(items: Any) -> list[str]:
+    if not isinstance(items, list) or not items:
+        raise BadRequest(
+            "must be a non-empty list of stock codes",
+            field="items",
+            value=items,
+            has_value=True,
+            allowed=f"a list of 1 to {MAX_PUSH_ITEMS} stock code strings",
+        )
+    if len(items) > MAX_PUSH_ITEMS:
+        raise BadRequest(
+            f"holds {len(items)} items",
+            field="items",
+            allowed=f"at most {MAX_PUSH_ITEMS} items per purchase",
+        )
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item or item != item.strip():
+            raise BadRequest(
+                "must be a stock code string",
+                field=f"items[{i}]",
+                value=item,
+                has_value=True,
+                allowed="a non-empty string stock code, e.g. '85123A'",
+            )
+    return list(items)
+
+
+def _decode(values: dict[str, Any] | None) -> History | None:
+    """A History from online_read's ``{feature: ValueProto}``; None for a missing row."""
+    if not values:
+        return None
+    got: dict[str, Any] = {}
+    for name in FEATURES:
+        proto = values.get(name)
+        kind = None if proto is None else proto.WhichOneof("val")
+        got[name] = None if kind is None else getattr(proto, kind)
+    updated = got["updated_at"]
+    if updated is None:
+        # A row without a stamp cannot be shown to be fresh.
+        return None
+    items = got["recent_items"]
+    purchase = got["last_purchase_at"]
+    return History(
+        recent_items=[] if items is None else [str(v) for v in items.val],
+        n_items=0 if got["n_items"] is None else int(got["n_items"]),
+        country=got["country"],
+        last_purchase_at=None if purchase is None else datetime.fromtimestamp(purchase, UTC),
+        updated_at=datetime.fromtimestamp(updated, UTC),
+    )
+
+
+def _require_utc(value: Any, field: str) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise BadRequest(
+            "must be a timezone-aware datetime",
+            field=field,
+            value=value,
+            has_value=True,
+            allowed="a datetime with tzinfo (UTC), e.g. 2026-12-04T10:00:00+00:00",
+        )
+    return value.astimezone(UTC)
+
+
+def _seconds(value: datetime) -> datetime:
+    """UTC, whole seconds: what the store keeps of a UnixTimestamp feature."""
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)

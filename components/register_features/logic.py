@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import types
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,10 @@ CUSTOMER_FEATURES = (
     "customer_history:recent_items",
     "customer_history:n_items",
     "customer_history:country",
+    "customer_history:last_purchase_at",
+    "customer_history:updated_at",
 )
+FEATURE_SERVICES = ("recommender_v1", "recommender_online_v1")
 ITEM_FEATURES = (
     "item_popularity:popularity",
     "item_popularity:price_band",
@@ -66,6 +69,8 @@ SCHEMAS = {
             ("recent_items", pa.list_(pa.string())),
             ("n_items", pa.int64()),
             ("country", pa.string()),
+            ("last_purchase_at", _TS),
+            ("updated_at", _TS),
             ("event_timestamp", _TS),
         ]
     ),
@@ -113,10 +118,14 @@ def run(cfg: FeaturesConfig, cleaned_dir: Path, training_dir: Path, out_dir: Pat
     timer = artifacts.StepTimer("register_features")
     cleaned_dir, training_dir, out_dir = Path(cleaned_dir), Path(training_dir), Path(out_dir)
     template = _check_setup(cfg)
+    # One instant for every row this run stamps, whole seconds: the sqlite online store and
+    # Feast's UnixTimestamp values keep seconds only, so what is written is what is read back.
+    registered_at = datetime.now(UTC).replace(microsecond=0)
 
     # read and check every input before anything is written
     tables = build_tables(
         cfg,
+        registered_at=registered_at,
         sequences=artifacts.read_parquet(
             cleaned_dir / artifacts.SEQUENCES, artifacts.SEQUENCE_COLUMNS
         ),
@@ -160,8 +169,9 @@ def run(cfg: FeaturesConfig, cleaned_dir: Path, training_dir: Path, out_dir: Pat
         store.apply(objects)
         apply_s = time.perf_counter() - started
 
-        # The window is the data's own time span, not "now - TTL": the 2011 purchases lie years
-        # before any run, and an explicit window materializes them whatever the TTL is.
+        # The window is the tables' own time span, not "now - TTL": with history_stamp
+        # "last_purchase" the 2011 purchases lie years before any run, and an explicit window
+        # materializes them whatever the TTL is.
         start, end = _window(tables)
         started = time.perf_counter()
         store.materialize(start_date=start, end_date=end)
@@ -175,9 +185,13 @@ def run(cfg: FeaturesConfig, cleaned_dir: Path, training_dir: Path, out_dir: Pat
             "online_store": cfg.online_store,
             "recent_items": cfg.recent_items,
             "history_ttl_days": cfg.history_ttl_days,
-            "customers_older_than_ttl": _older_than_ttl(tables, cfg.history_ttl_days),
+            "history_stamp": cfg.history_stamp,
+            "registered_at": registered_at.isoformat(),
+            "customers_older_than_ttl": _older_than_ttl(
+                tables, cfg.history_ttl_days, registered_at
+            ),
             "materialize_window": {"start": start.isoformat(), "end": end.isoformat()},
-            "feature_service": "recommender",
+            "feature_services": list(FEATURE_SERVICES),
             "customer_features": list(CUSTOMER_FEATURES),
             "item_features": list(ITEM_FEATURES),
             "apply_s": round(apply_s, 3),
@@ -203,12 +217,23 @@ def build_tables(
     customers: pd.DataFrame,
     items: pd.DataFrame,
     item_features: pd.DataFrame,
+    registered_at: datetime | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Turn the step's inputs into the three feature tables (one row per entity).
 
     customer_history holds each customer's full real sequence as the shop knows it now (the last
-    ``cfg.recent_items`` of it), stamped with their last purchase time. The item tables are
-    stamped with the newest purchase in the data, the moment their counts describe.
+    ``cfg.recent_items`` of it) and their last purchase time. With ``cfg.history_stamp``
+    "registered" every row is stamped (event_timestamp and updated_at) with ``registered_at``;
+    with "last_purchase" a customer's row is stamped with their last purchase and the item rows
+    with the newest purchase in the data, the moment their counts describe.
+
+    Args:
+        cfg: the step's settings.
+        sequences: cleaned/sequences.parquet.
+        customers: cleaned/customers.parquet.
+        items: cleaned/items.parquet.
+        item_features: training_set/item_features.parquet.
+        registered_at: the registration time, UTC-aware; now when not given.
 
     Raises:
         InputError: naming the file, column and row of the first value outside the contract.
@@ -249,13 +274,21 @@ def build_tables(
         n_items.append(len(seq))
         country.append(customers["country"].iloc[at])
         stamp.append(last_ts.iloc[at])
+    last_purchase = pd.DatetimeIndex(stamp).tz_convert("UTC")
+    registered = _registration_time(registered_at)
+    if cfg.history_stamp == "registered":
+        history_stamps = pd.DatetimeIndex([registered] * len(last_purchase))
+    else:
+        history_stamps = last_purchase
     history = pd.DataFrame(
         {
             "customer_id": sequences["customer_id"].to_numpy(),
             "recent_items": recent,
             "n_items": np.asarray(n_items, dtype=np.int64),
             "country": country,
-            "event_timestamp": pd.DatetimeIndex(stamp).tz_convert("UTC"),
+            "last_purchase_at": last_purchase,
+            "updated_at": history_stamps,
+            "event_timestamp": history_stamps,
         }
     )
 
@@ -282,7 +315,7 @@ def build_tables(
             row=int(np.flatnonzero(bad.to_numpy())[0]),
         )
     embeddings = _embeddings(item_features["text_embedding"], feat_file)
-    snapshot = pd.Timestamp(last_ts.max())
+    snapshot = registered if cfg.history_stamp == "registered" else pd.Timestamp(last_ts.max())
     stamps = pd.DatetimeIndex([snapshot] * len(item_features))
     item_ids = item_features["item_id"].to_numpy()
     return {
@@ -325,6 +358,11 @@ def check_online(store: Any, tables: dict[str, pd.DataFrame], n: int) -> dict:
         _expect(got["recent_items"][i] == list(want.recent_items), want.customer_id, "recent_items")
         _expect(got["n_items"][i] == want.n_items, want.customer_id, "n_items")
         _expect(got["country"][i] == want.country, want.customer_id, "country")
+        for name in ("last_purchase_at", "updated_at"):
+            # Feast keeps whole seconds of a UnixTimestamp feature.
+            written = pd.Timestamp(getattr(want, name)).floor("s")
+            read = got[name][i]
+            _expect(read is not None and pd.Timestamp(read) == written, want.customer_id, name)
 
     popularity, text = tables["item_popularity"], tables["item_text"]
     at = _spread(len(popularity), n)
@@ -404,18 +442,31 @@ def _window(tables: dict[str, pd.DataFrame]) -> tuple[datetime, datetime]:
     return stamps.min().to_pydatetime() - one, stamps.max().to_pydatetime() + one
 
 
-def _older_than_ttl(tables: dict[str, pd.DataFrame], ttl_days: int) -> int:
-    """Customers whose last purchase is older than the TTL (Feast joins would drop them)."""
-    cutoff = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=ttl_days)
+def _older_than_ttl(tables: dict[str, pd.DataFrame], ttl_days: int, registered_at: datetime) -> int:
+    """Customers whose row is older than the TTL at registration: serving treats them as missing."""
+    cutoff = pd.Timestamp(registered_at) - pd.Timedelta(days=ttl_days)
     stale = int((tables["customer_history"]["event_timestamp"] < cutoff).sum())
     if stale:
         logger.warning(
-            "%d customers last bought more than history_ttl_days=%d ago: Feast 0.67 still serves "
-            "them online, but training-set joins and materialize_incremental treat them as expired",
+            "%d of %d customer histories are stamped more than history_ttl_days=%d ago: serving "
+            "treats them as missing (history_stamp 'registered' stamps them at registration)",
             stale,
+            len(tables["customer_history"]),
             ttl_days,
         )
     return stale
+
+
+def _registration_time(registered_at: datetime | None) -> pd.Timestamp:
+    """``registered_at`` (now when None) as a UTC pd.Timestamp; naive values are refused."""
+    if registered_at is None:
+        registered_at = datetime.now(UTC).replace(microsecond=0)
+    if registered_at.tzinfo is None or registered_at.utcoffset() is None:
+        raise InputError(
+            f"registered_at must be timezone-aware (UTC); got the naive {registered_at!r}",
+            column="registered_at",
+        )
+    return pd.Timestamp(registered_at).tz_convert("UTC")
 
 
 def _spread(size: int, n: int) -> list[int]:

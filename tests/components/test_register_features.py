@@ -7,10 +7,8 @@ the read tests; the bad-input tests fail before Feast is touched.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,9 +125,11 @@ def test_summary_counts_rows_and_layout(built, inputs):
     assert summary["online_check"]["matched"] is True
     assert summary["online_check"]["customers"] == 4
     assert summary["customers_older_than_ttl"] == 0
+    assert summary["history_stamp"] == "registered"
+    assert summary["feature_services"] == ["recommender_v1", "recommender_online_v1"]
     for name in ("features.py", "feature_store.yaml", "feature_settings.json", "step.json"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "feature_settings.json").read_text()) == {"history_ttl_days": 10_000}
+    assert json.loads((out / "feature_settings.json").read_text()) == {"history_ttl_days": 30}
     # nothing of the scratch folder is left beside the output
     assert sorted(p.name for p in out.parent.iterdir()) == ["feature_store"]
 
@@ -148,16 +148,40 @@ def test_online_recent_items_equal_written_history(store, inputs):
     assert got["recent_items"][0][-1] == want[ids[0]][-1]
 
 
-def test_feature_service_serves_customer_history(store, inputs):
+def test_online_feature_service_serves_customer_history(store, inputs):
     cleaned, _ = inputs
     seqs = pd.read_parquet(cleaned / artifacts.SEQUENCES)
     got = store.get_online_features(
-        features=store.get_feature_service("recommender"),
+        features=store.get_feature_service("recommender_online_v1"),
         entity_rows=[{"customer_id": seqs["customer_id"].iloc[4]}],
     ).to_dict()
-    assert set(got) == {"customer_id", "recent_items", "n_items", "country"}
+    assert set(got) == {
+        "customer_id",
+        "recent_items",
+        "n_items",
+        "country",
+        "last_purchase_at",
+        "updated_at",
+    }
     assert got["recent_items"] == [list(seqs["items"].iloc[4])]
     assert got["country"] == ["France"]
+
+
+def test_v1_feature_service_joins_customer_and_item_on_their_own_keys(store, inputs):
+    cleaned, training = inputs
+    seqs = pd.read_parquet(cleaned / artifacts.SEQUENCES)
+    feats = pd.read_parquet(training / artifacts.ITEM_FEATURES)
+    got = store.get_online_features(
+        features=store.get_feature_service("recommender_v1"),
+        entity_rows=[
+            {"customer_id": seqs["customer_id"].iloc[2], "item_id": feats["item_id"].iloc[5]}
+        ],
+    ).to_dict()
+    assert got["recent_items"] == [list(seqs["items"].iloc[2])]
+    assert got["popularity"] == [feats["popularity"].iloc[5]]
+    assert got["description"] == ["Dotcomgiftshop Gift Voucher £40.00"]
+    # the service names the item's text, not its 384-float embedding
+    assert "text_embedding" not in got
 
 
 def test_unknown_customer_returns_none(store):
@@ -187,16 +211,57 @@ def test_embeddings_round_trip_as_float32_384(store, inputs):
     assert got["description"][1] == "Dotcomgiftshop Gift Voucher £40.00"
 
 
-def test_event_timestamps_are_last_purchase_utc(built, inputs):
-    out, _ = built
+def test_rows_are_stamped_at_registration_and_keep_the_last_purchase(built, inputs):
+    out, summary = built
     cleaned, _ = inputs
     history = pd.read_parquet(out / "data" / "customer_history.parquet")
     customers = pd.read_parquet(cleaned / artifacts.CUSTOMERS)
-    assert str(history["event_timestamp"].dt.tz) == "UTC"
+    registered = pd.Timestamp(summary["registered_at"])
+    assert registered.tz is not None and registered.microsecond == 0
+    # registered in this test run, not in 2011
+    assert abs(pd.Timestamp.now(tz="UTC") - registered) < pd.Timedelta(hours=1)
+    for column in ("event_timestamp", "updated_at", "last_purchase_at"):
+        assert str(history[column].dt.tz) == "UTC", column
+    assert (history["event_timestamp"] == registered).all()
+    assert (history["updated_at"] == registered).all()
     merged = history.merge(customers, on="customer_id")
-    assert (merged["event_timestamp"] == merged["last_ts"]).all()
+    assert (merged["last_purchase_at"] == merged["last_ts"]).all()
     items = pd.read_parquet(out / "data" / "item_text.parquet")
-    assert (items["event_timestamp"] == customers["last_ts"].max()).all()
+    assert (items["event_timestamp"] == registered).all()
+
+
+def test_last_purchase_stamping_counts_histories_older_than_the_ttl(inputs):
+    cleaned, training = inputs
+    cfg = FeaturesConfig(history_stamp="last_purchase", history_ttl_days=30)
+    tables = logic.build_tables(
+        cfg,
+        sequences=pd.read_parquet(cleaned / artifacts.SEQUENCES),
+        customers=pd.read_parquet(cleaned / artifacts.CUSTOMERS),
+        items=pd.read_parquet(cleaned / artifacts.ITEMS),
+        item_features=pd.read_parquet(training / artifacts.ITEM_FEATURES),
+    )
+    customers = pd.read_parquet(cleaned / artifacts.CUSTOMERS)
+    history = tables["customer_history"]
+    assert list(history["event_timestamp"]) == list(customers["last_ts"])
+    assert (history["updated_at"] == history["event_timestamp"]).all()
+    assert (tables["item_popularity"]["event_timestamp"] == customers["last_ts"].max()).all()
+    now = pd.Timestamp.now(tz="UTC").to_pydatetime()
+    # every 2010-2011 history is older than 30 days; none is older than 10,000 days
+    assert logic._older_than_ttl(tables, 30, now) == N_CUSTOMERS
+    assert logic._older_than_ttl(tables, 10_000, now) == 0
+
+
+def test_naive_registration_time_is_refused(inputs):
+    cleaned, training = inputs
+    with pytest.raises(InputError, match="registered_at must be timezone-aware"):
+        logic.build_tables(
+            CFG,
+            sequences=pd.read_parquet(cleaned / artifacts.SEQUENCES),
+            customers=pd.read_parquet(cleaned / artifacts.CUSTOMERS),
+            items=pd.read_parquet(cleaned / artifacts.ITEMS),
+            item_features=pd.read_parquet(training / artifacts.ITEM_FEATURES),
+            registered_at=pd.Timestamp("2026-01-01 10:00").to_pydatetime(),
+        )
 
 
 def test_store_still_serves_after_the_folder_moves(built, tmp_path):
@@ -221,45 +286,6 @@ def test_check_fails_when_store_differs_from_tables(store, inputs):
     tables["customer_history"].at[0, "recent_items"] = ["NOT-WRITTEN"]
     with pytest.raises(logic.FeatureStoreCheckError, match="recent_items"):
         logic.check_online(store, tables, 3)
-
-
-_TOKYO_SCRIPT = """
-import json, sys
-from pathlib import Path
-from feast import FeatureStore
-from components.register_features import logic
-from components.register_features.config import FeaturesConfig
-cleaned, training, out = (Path(a) for a in sys.argv[1:4])
-logic.run(FeaturesConfig(recent_items=50, check_rows=4), cleaned, training, out)
-got = FeatureStore(repo_path=str(out)).get_online_features(
-    features=["customer_history:recent_items", "customer_history:n_items"],
-    entity_rows=[{"customer_id": c} for c in sys.argv[4:]],
-).to_dict()
-print("RESULT" + json.dumps(got))
-"""
-
-
-def test_run_in_another_timezone_serves_the_same_values(store, inputs, tmp_path):
-    cleaned, _ = inputs
-    ids = list(pd.read_parquet(cleaned / artifacts.SEQUENCES)["customer_id"])
-    out = tmp_path / "feature_store"
-    env = {**os.environ, "TZ": "Asia/Tokyo", "RECSYNTH_LOG_LEVEL": "WARNING"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _TOKYO_SCRIPT, str(cleaned), str(inputs[1]), str(out), *ids],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    assert json.loads(line[len("RESULT") :]) == _online(store, ids)
-    # the timestamps written in Tokyo are the customers' last purchases, in UTC
-    tokyo = pd.read_parquet(out / "data" / "customer_history.parquet")
-    assert str(tokyo["event_timestamp"].dt.tz) == "UTC"
-    customers = pd.read_parquet(cleaned / artifacts.CUSTOMERS)
-    assert list(tokyo["event_timestamp"]) == list(customers["last_ts"])
 
 
 @pytest.mark.parametrize(
@@ -326,6 +352,8 @@ def test_config_rejects_unknown_store_and_zero_ttl():
         FeaturesConfig(online_store="dynamodb")
     with pytest.raises(ValueError, match="history_ttl_days"):
         FeaturesConfig(history_ttl_days=0)
+    with pytest.raises(ValueError, match="history_stamp"):
+        FeaturesConfig(history_stamp="first_purchase")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def test_entities_join_on_string_ids(defs):
 
 
 def test_feature_views_have_the_contract_features(defs):
-    from feast.types import Array, Float32, Int64, String
+    from feast.types import Array, Float32, Int64, String, UnixTimestamp
 
     def features(name: str) -> dict:
         return {f.name: f.dtype for f in defs[name].features}
@@ -44,6 +44,8 @@ def test_feature_views_have_the_contract_features(defs):
         "recent_items": Array(String),
         "n_items": Int64,
         "country": String,
+        "last_purchase_at": UnixTimestamp,
+        "updated_at": UnixTimestamp,
     }
     assert features("item_popularity") == {"popularity": Int64, "price_band": Int64}
     assert features("item_text") == {"description": String, "text_embedding": Array(Float32)}
@@ -76,16 +78,35 @@ def test_cluster_config_takes_redis_from_the_environment():
     }
 
 
-def test_recommender_service_reads_customer_history(defs):
-    projections = defs["recommender"].feature_view_projections
-    assert [(p.name, sorted(f.name for f in p.features)) for p in projections] == [
-        ("customer_history", ["country", "n_items", "recent_items"])
+def test_feature_services_v1(defs):
+    def projections(name: str) -> list:
+        return [
+            (p.name, sorted(f.name for f in p.features))
+            for p in defs[name].feature_view_projections
+        ]
+
+    history = sorted(["country", "last_purchase_at", "n_items", "recent_items", "updated_at"])
+    assert projections("recommender_online_v1") == [("customer_history", history)]
+    assert projections("recommender_v1") == [
+        ("customer_history", history),
+        ("item_popularity", ["popularity", "price_band"]),
+        ("item_text", ["description"]),
     ]
 
 
+def test_customer_history_is_pushed_to_and_materialized_from_its_parquet(defs):
+    from feast.data_source import PushSource
+
+    view = defs["customer_history"]
+    assert isinstance(view.stream_source, PushSource)
+    assert view.stream_source.name == "customer_history_push"
+    assert view.batch_source.path == "data/customer_history.parquet"
+    assert defs["customer_history_push"].batch_source.name == "customer_history_source"
+
+
 def test_ttls_default_and_follow_the_settings_file(defs, tmp_path):
-    assert defs["customer_history"].ttl == timedelta(days=10_000)
-    assert defs["item_popularity"].ttl == timedelta(days=10_000)
+    assert defs["customer_history"].ttl == timedelta(days=30)
+    assert defs["item_popularity"].ttl == timedelta(days=30)
     assert defs["item_text"].ttl == timedelta(0)
     shutil.copyfile(REPO / "features.py", tmp_path / "features.py")
     (tmp_path / "feature_settings.json").write_text(json.dumps({"history_ttl_days": 30}))
@@ -101,9 +122,9 @@ def test_every_object_has_a_comment_before_it():
         for i, line in enumerate(lines)
         if any(
             f"= {kind}(" in line
-            for kind in ("Entity", "FileSource", "FeatureView", "FeatureService")
+            for kind in ("Entity", "FileSource", "PushSource", "FeatureView", "FeatureService")
         )
     ]
-    assert len(declared) == 9
+    assert len(declared) == 11
     for i in declared:
         assert lines[i - 1].startswith("#"), lines[i]
