@@ -25,14 +25,23 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from components.common import artifacts as art
+from components.common import canaries, ledger
 from components.common.artifacts import PRIVACY, StepTimer, atomic_dir, read_json, write_json
 from components.common.errors import PrivacyError
 from components.common.privacy import PrivacyRecord, compute_epsilon
+from components.common.recommender_model import load_recommender
+from components.dp_audit import attacks
+from components.dp_audit import html as audit_html
 from components.dp_audit.config import AuditConfig
+from components.generate.config import GenerateConfig
+from components.generate.model import load_model
+from components.generate.tokenizer import ItemVocab
 
 logger = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.json"
+AUDIT_HTML = "audit.html"
 COMPOSITION = "basic: epsilon_total = sum of epsilons, delta_total = sum of deltas"
 
 
@@ -229,6 +238,148 @@ def audit(
     return result
 
 
+def empirical_audit(
+    cfg: AuditConfig,
+    trainings: dict[str, dict[str, Any]],
+    generator_dir: Path,
+    recommender_dir: Path,
+    *,
+    cleaned_dir: Path | None,
+    synthetic_dir: Path | None,
+    training_dir: Path | None,
+    generate_cfg: GenerateConfig,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The model-based checks and the raw-id scan; see :mod:`components.dp_audit.attacks`.
+
+    Returns:
+        The checks, the summary figures, the canary results and the membership results (the
+        last two per model, for ``audit.html``).
+    """
+    checks: list[dict[str, Any]] = []
+    canary_results: dict[str, Any] = {}
+    mia_results: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
+    gen_canaries = canaries.load(generator_dir)
+    rec_canaries = canaries.load(recommender_dir)
+    train_part = attacks.generator_train_parts(cleaned_dir) if cleaned_dir is not None else None
+    # Models and vocabulary are loaded only when a check needs them: an audit of privacy records
+    # alone (no canaries, no cleaned/) reads nothing else.
+    loaded: dict[str, Any] = {}
+
+    def get(what: str) -> Any:
+        if what not in loaded:
+            loaders = {
+                "vocab": lambda: ItemVocab.load(generator_dir),
+                "generator": lambda: load_model(generator_dir),
+                "recommender": lambda: load_recommender(recommender_dir),
+            }
+            loaded[what] = loaders[what]()
+        return loaded[what]
+
+    if cfg.empirical:
+        for name, canary_set, score in (
+            ("generator", gen_canaries, attacks.generator_canary_scores),
+            ("recommender", rec_canaries, attacks.recommender_canary_scores),
+        ):
+            scores = score(canary_set, get(name), cfg) if canary_set else None
+            result, check = attacks.canary_audit(
+                name,
+                canary_set,
+                scores,
+                accountant_epsilon=trainings[name]["epsilon"],
+                delta=trainings[name]["delta"],
+                cfg=cfg,
+            )
+            canary_results[name] = result
+            checks.append(check)
+
+        if train_part is not None:
+            result, check = attacks.generator_membership(
+                train_part,
+                gen_canaries,
+                get("generator"),
+                get("vocab"),
+                cleaned_dir,
+                generate_cfg,
+                cfg,
+            )
+        else:
+            result, check = None, attacks.skipped("generator_membership_inference", NO_CLEANED)
+        mia_results["generator"] = result
+        checks.append(check)
+        if training_dir is not None:
+            result, check = attacks.recommender_membership(
+                training_dir, rec_canaries, get("recommender"), cfg
+            )
+        else:
+            result, check = (
+                None,
+                attacks.skipped(
+                    "recommender_membership_inference", "no training_set/ given to the audit"
+                ),
+            )
+        mia_results["recommender"] = result
+        checks.append(check)
+
+        if train_part is not None and synthetic_dir is not None:
+            result, check = attacks.synthetic_copies(
+                train_part,
+                synthetic_dir,
+                gen_canaries,
+                get("vocab"),
+                cleaned_dir,
+                generate_cfg,
+                cfg,
+            )
+        else:
+            result, check = None, attacks.skipped("synthetic_copies", NO_CLEANED)
+        figures["copies"] = result
+        checks.append(check)
+
+    if cleaned_dir is not None:
+        catalogue = art.read_parquet(cleaned_dir / art.ITEMS, ["item_id"])["item_id"].astype(str)
+        directories = {"generator_model": generator_dir}
+        if synthetic_dir is not None:
+            directories["synthetic"] = synthetic_dir
+        result, check = attacks.raw_id_scan(
+            cleaned_dir, directories, set(catalogue) | set(get("vocab").tokens), cfg
+        )
+    else:
+        check = attacks.skipped("no_raw_customer_ids", NO_CLEANED)
+    checks.append(check)
+    return checks, figures, canary_results, mia_results
+
+
+NO_CLEANED = "no cleaned/ given to the audit"
+
+
+def _summary(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of the empirical checks (worst case over the models)."""
+    by_name = {c["name"]: c.get("figures") or {} for c in checks}
+    bounds = [
+        by_name[n]["epsilon_lower_bound"]
+        for n in ("generator_canary_bound", "recommender_canary_bound")
+        if "epsilon_lower_bound" in by_name.get(n, {})
+    ]
+    attacks_run = [
+        by_name[n]
+        for n in ("generator_membership_inference", "recommender_membership_inference")
+        if "auc" in by_name.get(n, {})
+    ]
+    worst = max(attacks_run, key=lambda f: f["auc"]) if attacks_run else {}
+    copies = by_name.get("synthetic_copies", {})
+    return {
+        "empirical_epsilon_lower_bound": max(bounds) if bounds else None,
+        "mia_auc": worst.get("auc"),
+        "mia_tpr_at_0.1pct_fpr": max((f["tpr_at_0.1pct_fpr"] for f in attacks_run), default=None),
+        "mia_tpr_at_1pct_fpr": max((f["tpr_at_1pct_fpr"] for f in attacks_run), default=None),
+        "mia_n_members": worst.get("n_members"),
+        "mia_n_non_members": worst.get("n_non_members"),
+        "copy_rate": copies.get("copy_rate"),
+        "copy_rate_baseline": copies.get("baseline_rate"),
+    }
+
+
 def run(
     cfg: AuditConfig,
     generator_dir: str | os.PathLike[str],
@@ -236,39 +387,124 @@ def run(
     out_dir: str | os.PathLike[str],
     *,
     epsilon_budget: float,
+    cleaned_dir: str | os.PathLike[str] | None = None,
+    synthetic_dir: str | os.PathLike[str] | None = None,
+    training_dir: str | os.PathLike[str] | None = None,
+    ledger_path: str | os.PathLike[str] | None = None,
+    dataset_sha256: str | None = None,
+    run_id: str | None = None,
+    generate_cfg: GenerateConfig | None = None,
 ) -> dict[str, Any]:
-    """Recompute, compose and check the epsilon of every DP training; write ``audit.json``.
+    """Audit the run's privacy; write ``audit.json`` and ``audit.html``.
 
-    A check fails when a training was not DP, when its recomputed PRV epsilon exceeds the reported
-    one by more than ``cfg.tolerance`` (relative), or when the composed total exceeds
-    ``epsilon_budget``. A failed audit is a result, not an error: ``passed`` is False and deploy
-    does not run.
+    Accounting (always): a check fails when a training was not DP, when its recomputed PRV epsilon
+    exceeds the reported one by more than ``cfg.tolerance`` (relative), or when the composed total
+    exceeds ``epsilon_budget``. Empirical (when the trainings saved ``canaries.json``, the inputs
+    are given and ``cfg.empirical``): the one-run canary bound of each model against its
+    accountant epsilon, a loss-threshold membership attack on real customers, synthetic copies of
+    training sessions against held-out ones, and a scan of the generator's files and the
+    synthetic data for raw customer ids. A check whose inputs are missing is reported as skipped.
+    A failed audit is a result, not an error: ``passed`` is False and deploy does not run.
+
+    With ``ledger_path``, ``dataset_sha256`` and ``run_id`` the run's audited spend is appended to
+    the privacy ledger (whether or not the audit passed: the trainings ran), and the page lists
+    the dataset's ledger entries.
 
     Args:
         cfg: audit settings.
-        generator_dir: the generator model directory (with ``privacy.json``).
-        recommender_dir: the recommender model directory (with ``privacy.json``).
-        out_dir: where ``audit.json`` and ``step.json`` go.
+        generator_dir: the generator model directory (``privacy.json``, weights, vocabulary,
+            ``canaries.json``).
+        recommender_dir: the recommender model directory (same).
+        out_dir: where ``audit.json``, ``audit.html`` and ``step.json`` go.
         epsilon_budget: total epsilon the run may spend.
+        cleaned_dir: ingest's output (real customers, for the attack, the copies and the id scan).
+        synthetic_dir: generate's synthetic sessions.
+        training_dir: fuse's output (the recommender's real training sequences).
+        ledger_path: the privacy ledger file.
+        dataset_sha256: the cleaned dataset's content hash.
+        run_id: the run's id, recorded in the ledger.
+        generate_cfg: the run's generate section, to rebuild the generator's training records of
+            real customers exactly (defaults when None).
 
     Returns:
-        The audit dict, with ``passed`` (bool).
+        The audit dict, with ``passed`` (bool) and the headline figures.
 
     Raises:
         PrivacyError: an accounting input is invalid (each one named).
-        InputError: a privacy record is missing or not JSON.
+        InputError: a privacy record is missing or not JSON, or an artifact lacks a file.
     """
     timer = StepTimer("dp_audit")
+    generator_dir, recommender_dir = Path(generator_dir), Path(recommender_dir)
     records = {
         "generator": read_privacy_record(generator_dir, "generator"),
         "recommender": read_privacy_record(recommender_dir, "recommender"),
     }
-    if (Path(recommender_dir) / REAL_ONLY_PRIVACY).is_file():
+    if (recommender_dir / REAL_ONLY_PRIVACY).is_file():
         records["recommender_real_only"] = read_privacy_record(
             recommender_dir, "recommender_real_only", REAL_ONLY_PRIVACY
         )
     result = audit(cfg, records, epsilon_budget=epsilon_budget)
+
+    def opt(path: str | os.PathLike[str] | None) -> Path | None:
+        return None if path is None else Path(path)
+
+    checks, figures, canary_results, mia_results = empirical_audit(
+        cfg,
+        result["trainings"],
+        generator_dir,
+        recommender_dir,
+        cleaned_dir=opt(cleaned_dir),
+        synthetic_dir=opt(synthetic_dir),
+        training_dir=opt(training_dir),
+        generate_cfg=generate_cfg if generate_cfg is not None else GenerateConfig(),
+    )
+    result["checks"].extend(checks)
+    result.update(_summary(result["checks"]))
+    result["copies"] = figures.get("copies")
+    result["accountant_epsilon"] = result["total_epsilon"]
+    result["passed"] = all(c["passed"] for c in result["checks"])
+    result["failed_checks"] = [c["name"] for c in result["checks"] if not c["passed"]]
+    for check in checks:
+        if not check["passed"]:
+            logger.warning("audit check %s failed: %s", check["name"], check["detail"])
+    logger.info(
+        "empirical audit: epsilon lower bound %s, membership AUC %s, copy rate %s (held out %s); "
+        "audit %s",
+        result["empirical_epsilon_lower_bound"],
+        result["mia_auc"],
+        result["copy_rate"],
+        result["copy_rate_baseline"],
+        "passed" if result["passed"] else "FAILED: " + ", ".join(result["failed_checks"]),
+    )
+
+    entries = None
+    if ledger_path is not None and dataset_sha256 is not None and run_id is not None:
+        ledger.record(
+            ledger_path,
+            dataset_sha256=dataset_sha256,
+            run_id=run_id,
+            epsilon=result["total_epsilon"],
+            delta=result["total_delta"],
+            trainings={name: t["epsilon"] for name, t in result["trainings"].items()},
+        )
+        entries = [e for e in ledger.entries(ledger_path) if e["dataset_sha256"] == dataset_sha256]
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / AUDIT_FILE, result)
-        timer.write(tmp, result)
+        (tmp / AUDIT_HTML).write_text(
+            audit_html.render(result, canary_results, mia_results, entries), encoding="utf-8"
+        )
+        timer.write(tmp, {k: result[k] for k in SUMMARY_KEYS})
     return result
+
+
+SUMMARY_KEYS = (
+    "passed",
+    "failed_checks",
+    "accountant_epsilon",
+    "empirical_epsilon_lower_bound",
+    "mia_auc",
+    "mia_tpr_at_0.1pct_fpr",
+    "mia_tpr_at_1pct_fpr",
+    "copy_rate",
+    "copy_rate_baseline",
+)
