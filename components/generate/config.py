@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from components.common.canaries import CanaryConfig
 from components.common.privacy import DPConfig
 from components.common.strict import StrictModel
 
@@ -52,3 +53,6 @@ class GenerateConfig(StrictModel):
     # training; 1 for sampling). On the 2-core demo machine under load, one thread trained the
     # demo config in 210 s against 370 s for two, with identical results, so 1 is the default.
     num_threads: int | None = Field(default=1, ge=1)
+    # Audit data for dp_audit: canary customers and the held-out share of real customers
+    # (components.common.canaries).
+    canaries: CanaryConfig = CanaryConfig()

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from components.common.canaries import CanaryConfig
 from components.common.errors import ConfigError
 from components.common.privacy import DPConfig
 from components.common.strict import StrictModel
@@ -40,6 +41,9 @@ class TrainConfig(StrictModel):
     k: int = Field(default=10, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
 
+    # Audit data for dp_audit: canary customers and the held-out share of real customers
+    # (components.common.canaries).
+    canaries: CanaryConfig = CanaryConfig()
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.d_model % self.n_heads:

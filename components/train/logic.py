@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from components.common import artifacts as art
+from components.common import canaries
 from components.common.dp import make_private, prepare_noise_only_step
 from components.common.errors import ConfigError, InputError, PrivacyError
 from components.common.privacy import PrivacyRecord, compute_epsilon, default_delta
@@ -319,6 +320,10 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
     fused_fit = fit(FUSED, fused_data, ts, cfg, training="recommender", **common)
     for fitted in (real_fit, fused_fit):
         _check_record(fitted.record)
+    # Audit: hold out a seeded share of real customers and add the included canary customers.
+    ts, canary_set = canaries.prepare_recommender(
+        ts, cfg.canaries, seed=seed, max_history=cfg.max_history
+    )
 
     # Evaluation: test = history (train items + valid item) -> test item; valid is reported for
     # information only (no model selection, which would spend privacy outside the accountant).
@@ -382,3 +387,4 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
 
 def _prefixed(values: dict[str, float]) -> dict[str, float]:
     return {f"valid_{k}": v for k, v in values.items()}
+        canaries.save(tmp, canary_set)
