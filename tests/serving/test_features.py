@@ -1,0 +1,360 @@
+"""serving.features against real Feast repos built by register_features: read, TTL, push, keys.
+
+One sqlite store per module (Feast's import and apply dominate); tests that write to it push to
+customers no other test reads. The Redis test starts its own redis-server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.errors import BadRequest, ModelLoadError
+from serving.features import HISTORY_LENGTH, CustomerHistory, lookup_latency
+
+T0 = pd.Timestamp("2011-02-01 09:30", tz="UTC")
+ITEMS = [f"{84000 + i}" if i % 4 else f"{22000 + i}B" for i in range(90)]
+# customer id -> distinct items bought, oldest first
+HISTORIES = {
+    "17850": ITEMS[:5],
+    "13047": ITEMS[10:13],
+    "12583": ITEMS[: HISTORY_LENGTH - 1],  # one short of a full history
+    "14688": ITEMS[20:70],  # more than is kept online: the last 50
+    "15100": ITEMS[3:4],
+    "16029": ITEMS[40:48],
+    "17511": ITEMS[60:64],
+}
+
+
+def write_inputs(root: Path) -> tuple[Path, Path]:
+    """cleaned/ and training_set/ for :data:`HISTORIES`, as ingest and fuse write them."""
+    cleaned, training = root / "cleaned", root / "training_set"
+    cleaned.mkdir(parents=True)
+    training.mkdir(parents=True)
+    ids = list(HISTORIES)
+    stamps = [[T0 + pd.Timedelta(days=i, hours=j) for j in range(len(HISTORIES[c]))]
+              for i, c in enumerate(ids)]  # fmt: skip
+    countries = ["France" if i % 3 == 0 else "United Kingdom" for i in range(len(ids))]
+    pd.DataFrame(
+        {"customer_id": ids, "country": countries, "items": list(HISTORIES.values()), "ts": stamps}
+    ).to_parquet(cleaned / "sequences.parquet")
+    pd.DataFrame(
+        {
+            "customer_id": ids,
+            "country": countries,
+            "n_events": [len(h) for h in HISTORIES.values()],
+            "first_ts": pd.DatetimeIndex([s[0] for s in stamps]),
+            "last_ts": pd.DatetimeIndex([s[-1] for s in stamps]),
+        }
+    ).to_parquet(cleaned / "customers.parquet")
+    n = len(ITEMS)
+    pd.DataFrame(
+        {
+            "item_id": ITEMS,
+            "description": [f"TEST ITEM {c}" for c in ITEMS],
+            "unit_price": np.ones(n),
+            "price_band": np.zeros(n, dtype=np.int64),
+            "n_events": np.ones(n, dtype=np.int64),
+            "first_seen": pd.DatetimeIndex([T0] * n),
+        }
+    ).to_parquet(cleaned / "items.parquet")
+    pd.DataFrame(
+        {
+            "item_index": np.arange(1, n + 1, dtype=np.int64),
+            "item_id": ITEMS,
+            "description": [f"TEST ITEM {c}" for c in ITEMS],
+            "price_band": np.zeros(n, dtype=np.int64),
+            "popularity": np.arange(n, dtype=np.int64),
+            "text_embedding": [np.full(4, 0.5, dtype=np.float32)] * n,
+        }
+    ).to_parquet(training / "item_features.parquet")
+    return cleaned, training
+
+
+def build(root: Path, inputs: tuple[Path, Path], **settings) -> tuple[Path, dict]:
+    """A feature_store/ built by register_features with these FeaturesConfig settings."""
+    from components.register_features.config import FeaturesConfig
+    from components.register_features.logic import run
+
+    out = root / "feature_store"
+    summary = run(FeaturesConfig(check_rows=2, **settings), *inputs, out)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def repo(inputs, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    return build(tmp_path_factory.mktemp("store"), inputs)
+
+
+@pytest.fixture(scope="module")
+def history(repo) -> CustomerHistory:
+    return CustomerHistory(repo[0])
+
+
+def test_lookup_serves_registered_histories_and_none_for_unknown(history, repo):
+    got = history.recent_items(["17850", "00000", "14688", "13047"])
+    assert got == [HISTORIES["17850"], None, HISTORIES["14688"][-50:], HISTORIES["13047"]]
+    row = history.histories(["17850"])[0]
+    assert row.updated_at == datetime.fromisoformat(repo[1]["registered_at"])
+    assert row.last_purchase_at == T0 + pd.Timedelta(hours=4)
+    assert (row.n_items, row.country) == (5, "France")
+    assert history.ttl == timedelta(days=30)
+    assert history.store_type == "sqlite"
+
+
+def test_push_is_seen_by_the_next_lookup(history):
+    before = history.histories(["13047"])[0]
+    result = history.push_purchase("13047", ["99001", ITEMS[11], "99002"])
+    # ITEMS[11] is already in the history: distinct items keep their first-purchase place
+    assert history.recent_items(["13047"]) == [[*HISTORIES["13047"], "99001", "99002"]]
+    after = history.histories(["13047"])[0]
+    assert (result["added"], result["n_items"], result["restarted"]) == (2, 5, False)
+    assert after.n_items == before.n_items + 2
+    assert after.country == before.country == "United Kingdom"
+    assert after.updated_at > before.updated_at
+    assert after.updated_at == datetime.fromisoformat(result["updated_at"])
+    assert result["mode"] == "online"
+
+
+def test_push_keeps_the_last_50_items(history):
+    history.push_purchase("12583", ["99101", "99102", "99103"])
+    got = history.recent_items(["12583"])[0]
+    assert len(got) == HISTORY_LENGTH
+    assert got == [*HISTORIES["12583"], "99101", "99102", "99103"][-HISTORY_LENGTH:]
+    assert history.histories(["12583"])[0].n_items == HISTORY_LENGTH - 1 + 3
+
+
+def test_pushes_in_one_second_are_all_kept_and_stamped_in_order(history):
+    first = history.push_purchase("16029", ["99201"])
+    second = history.push_purchase("16029", ["99202"])
+    assert history.recent_items(["16029"])[0][-2:] == ["99201", "99202"]
+    assert second["updated_at"] > first["updated_at"]
+
+
+def test_push_with_a_past_time_keeps_the_later_last_purchase(history):
+    old = datetime(2011, 1, 5, 12, 0, tzinfo=UTC)
+    result = history.push_purchase("17511", ["99301"], old)
+    row = history.histories(["17511"])[0]
+    assert row.recent_items[-1] == "99301"
+    # the registered last purchase (2011-02-07) is later than the pushed one
+    assert row.last_purchase_at == T0 + pd.Timedelta(days=6, hours=3)
+    # the row's stamp moves forward, never back to 2011
+    assert row.updated_at > datetime(2026, 1, 1, tzinfo=UTC)
+    assert result["last_purchase_at"] == row.last_purchase_at.isoformat()
+
+
+def test_push_for_a_new_customer_starts_a_history(history):
+    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    result = history.push_purchase("20001", ["99401", "99402", "99401"], ts, country="Spain")
+    row = history.histories(["20001"])[0]
+    assert row.recent_items == ["99401", "99402"]
+    assert (row.n_items, row.country, row.last_purchase_at) == (2, "Spain", ts)
+    assert result["restarted"] is True
+
+
+def test_a_write_through_feast_itself_is_seen_at_once(history, repo):
+    # no cache between the store and the request: a row Feast writes is what the next read gets
+    from feast import FeatureStore
+
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    FeatureStore(repo_path=str(repo[0])).write_to_online_store(
+        "customer_history",
+        pd.DataFrame(
+            {
+                "customer_id": ["20002"],
+                "recent_items": [["99501"]],
+                "n_items": [1],
+                "country": ["France"],
+                "last_purchase_at": [now],
+                "updated_at": [now],
+                "event_timestamp": [now],
+            }
+        ),
+    )
+    assert history.recent_items(["20002"]) == [["99501"]]
+
+
+def test_rows_older_than_the_ttl_are_not_served(history, repo):
+    registered = datetime.fromisoformat(repo[1]["registered_at"])
+    ttl = timedelta(days=30)
+    fresh = history.histories(["15100"], now=registered + ttl - timedelta(seconds=1))
+    assert fresh[0].recent_items == HISTORIES["15100"]
+    assert history.histories(["15100"], now=registered + ttl + timedelta(seconds=1)) == [None]
+
+
+def test_an_expired_store_takes_the_anonymous_path_until_a_push(inputs, tmp_path):
+    # stamped with the 2011 purchases, every history is years older than its 30-day TTL
+    out, summary = build(tmp_path, inputs, history_stamp="last_purchase")
+    assert summary["customers_older_than_ttl"] == len(HISTORIES)
+    expired = CustomerHistory(out)
+    assert expired.recent_items(list(HISTORIES)) == [None] * len(HISTORIES)
+    # Feast itself still serves the row: only the ttl check keeps it from the recommender
+    from feast import FeatureStore
+
+    raw = FeatureStore(repo_path=str(out)).get_online_features(
+        features=["customer_history:recent_items"], entity_rows=[{"customer_id": "17850"}]
+    )
+    assert raw.to_dict()["recent_items"] == [HISTORIES["17850"]]
+    # a purchase makes the customer current again, from that purchase on
+    result = expired.push_purchase("17850", ["99601"])
+    assert result["restarted"] is True
+    assert expired.recent_items(["17850", "13047"]) == [["99601"], None]
+    assert expired.histories(["17850"])[0].n_items == 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "field", "message"),
+    [
+        ([{"user_id": "17850"}], "entity_rows[0].user_id", "unknown join key 'user_id'"),
+        ([{}], "entity_rows[0].customer_id", "join key 'customer_id' is missing"),
+        ([{"customer_id": 17850}], "entity_rows[0].customer_id", "string customer id"),
+        ([{"customer_id": 17850.0}], "entity_rows[0].customer_id", "string customer id"),
+        ([{"customer_id": "17850"}, "17850"], "entity_rows[1]", "must be an object"),
+        (
+            [{"customer_id": "17850", "item_id": "85123A"}],
+            "entity_rows[0].item_id",
+            "unknown join key 'item_id'",
+        ),
+    ],
+)
+def test_a_wrong_or_missing_join_key_names_the_key(history, rows, field, message):
+    with pytest.raises(BadRequest, match=message) as info:
+        history.features_for(rows)
+    assert info.value.field == field
+    assert info.value.status == 400
+    assert info.value.allowed is not None
+
+
+def test_features_for_good_rows_matches_recent_items(history):
+    got = history.features_for([{"customer_id": "17850"}, {"customer_id": "00000"}])
+    assert [None if r is None else r.recent_items for r in got] == history.recent_items(
+        ["17850", "00000"]
+    )
+
+
+@pytest.mark.parametrize("bad", [17850, None, "", " 17850", ["17850"], True])
+def test_lookup_refuses_ids_that_are_not_strings(history, bad):
+    with pytest.raises(BadRequest, match="customer_id\\[1\\]") as info:
+        history.recent_items(["17850", bad])
+    assert "'17850'" in info.value.allowed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"customer_id": 13047, "items": ["1"]}, "customer_id"),
+        ({"customer_id": "13047", "items": []}, "items"),
+        ({"customer_id": "13047", "items": "85123A"}, "items"),
+        ({"customer_id": "13047", "items": ["85123A", 85123]}, "items[1]"),
+        ({"customer_id": "13047", "items": ["x"] * 1001}, "items"),
+        ({"customer_id": "13047", "items": ["1"], "ts": datetime(2026, 1, 1)}, "ts"),
+        ({"customer_id": "13047", "items": ["1"], "ts": "2026-01-01T00:00:00Z"}, "ts"),
+        (
+            {"customer_id": "13047", "items": ["1"], "ts": datetime.now(UTC) + timedelta(hours=1)},
+            "ts",
+        ),
+        ({"customer_id": "13047", "items": ["1"], "country": ""}, "country"),
+    ],
+)
+def test_a_bad_push_names_the_field_and_writes_nothing(history, kwargs, field):
+    before = history.histories(["13047"])[0]
+    with pytest.raises(BadRequest) as info:
+        history.push_purchase(**kwargs)
+    assert info.value.field == field
+    assert history.histories(["13047"])[0] == before
+
+
+def test_missing_repo_fails_loading(tmp_path):
+    with pytest.raises(ModelLoadError, match="no feature_store.yaml"):
+        CustomerHistory(tmp_path)
+
+
+def test_lookup_latency_reports_percentiles_of_real_reads(repo):
+    ids = ["17850", "00000", "14688"]
+    got = lookup_latency(repo[0], ids, 30)
+    assert got["n"] == 30
+    assert got["store"] == "sqlite"
+    # two of every three ids are known customers
+    assert got["served"] == 20
+    assert 0 < got["p50_ms"] <= got["p99_ms"] <= got["max_ms"]
+    with pytest.raises(ValueError, match="at least 1"):
+        lookup_latency(repo[0], ids, 0)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server started here on 127.0.0.1 (19500-19599), ended by its own PID."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (scripts/redis-test-server.sh install adds it)")
+    import redis
+
+    port = None
+    for candidate in range(19599, 19499, -1):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", candidate)) != 0:
+                port = candidate
+                break
+    if port is None:
+        pytest.skip("no free port in 19500-19599 for the test Redis")
+    state = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes"]
+        + ["--save", "", "--appendonly", "no", "--dir", str(state)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"redis-server pid {proc.pid} did not answer on 127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_redis_store_reads_pushes_and_expires_through_the_same_path(
+    redis_url, inputs, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RECSYNTH_REDIS_CONNECTION_STRING", redis_url)
+    out, summary = build(tmp_path, inputs, online_store="redis")
+    redis_history = CustomerHistory(out)
+    assert redis_history.store_type == "redis"
+    assert redis_history.recent_items(["14688", "00000"]) == [HISTORIES["14688"][-50:], None]
+
+    first = redis_history.push_purchase("13047", ["99701"])
+    second = redis_history.push_purchase("13047", ["99702"])
+    # Redis drops a write not newer than the stored row: both pushes must land
+    assert redis_history.recent_items(["13047"]) == [[*HISTORIES["13047"], "99701", "99702"]]
+    assert second["updated_at"] > first["updated_at"]
+    # a purchase dated before the registration still lands (the stamp moves forward)
+    redis_history.push_purchase("17850", ["99703"], datetime(2011, 1, 1, tzinfo=UTC))
+    assert redis_history.recent_items(["17850"])[0][-1] == "99703"
+
+    registered = datetime.fromisoformat(summary["registered_at"])
+    late = registered + timedelta(days=30, seconds=1)
+    assert redis_history.histories(["15100"], now=late) == [None]
+
+    latency = lookup_latency(out, ["14688", "00000"], 20)
+    assert (latency["store"], latency["served"]) == ("redis", 10)
