@@ -14,10 +14,12 @@ class BlockingModel(kserve.Model):
     """A KServe model whose prediction is blocking work (ORT, Feast) done by :meth:`run_batch`.
 
     ``predict`` runs it in the event loop's executor, so readiness probes and other requests are
-    still answered during a long request. Subclasses set ``self.version``.
+    still answered during a long request. Subclasses set ``self.version``; the CLI sets
+    ``variant`` (the A/B arm, ``RECSYNTH_VARIANT``), which every V2 answer carries.
     """
 
     version: str
+    variant: str = "stable"
 
     async def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
         """Run :meth:`run_batch` on the preprocessed ``payload`` without blocking the loop."""
@@ -50,6 +52,6 @@ class BlockingModel(kserve.Model):
             model_name=self.name,
             model_version=self.version,
             infer_outputs=outputs,
-            parameters={"model_version": self.version},
+            parameters={"model_version": self.version, "variant": self.variant},
             requested_outputs=result["requested_outputs"],
         )

@@ -40,8 +40,11 @@ class ServingError(Exception):
         value: Any = None,
         allowed: str | None = None,
         has_value: bool | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.field = field
+        # Extra response headers (Retry-After on a 503 the client should retry).
+        self.headers = dict(headers) if headers else None
         self.allowed = allowed
         # None is a legitimate bad value ("k": null), so "was a value given" is tracked apart.
         self.has_value = (value is not None) if has_value is None else has_value
@@ -95,3 +98,20 @@ class ModelLoadError(NotReady):
 
     Raised from ``load()``; the CLI reports it and exits non-zero, so readiness never turns 200.
     """
+
+
+class PredictorUnavailable(NotReady):
+    """The remote predictor did not answer in time or refused the connection (503).
+
+    The transformer sends ``Retry-After`` with it: a predictor that restarts is back within
+    seconds, and the client, not the transformer, decides whether to wait.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, field="predictor", headers={"Retry-After": str(retry_after_s)})
+
+
+class BadGateway(ServingError):
+    """The remote predictor answered with something the transformer cannot use (502)."""
+
+    status = 502

@@ -2,8 +2,12 @@
 
 Request phases, as KServe runs them: ``preprocess`` validates the V1 instances or V2 tensors
 into :class:`Query` objects; ``predict`` reads the customers' histories from Feast in one call,
-scores every row with a history in one ORT batch and ranks; ``postprocess`` shapes the answer
-for the protocol the request came in on. See docs/serving.md for the wire format.
+scores every row with a history in one batch and ranks; ``postprocess`` shapes the answer for
+the protocol the request came in on. See docs/serving.md for the wire format.
+
+The scores come from a :mod:`serving.scoring` scorer: ORT in this process (one-process shape), or
+a ``--role predictor`` server over V2 HTTP when ``predictor_host`` is given (the KServe
+transformer shape, as on the cluster). Everything else is the same code in both shapes.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from serving.base import BlockingModel
 from serving.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge
 from serving.kserve_compat import InferOutput, InferRequest, InferResponse
 from serving.onnx_session import check_io, create_session
+from serving.scoring import LocalScorer, RemoteScorer
 from serving.validation import (
     TensorSpec,
+    get_bool,
     get_int,
     get_str,
     get_str_list,
@@ -45,7 +51,10 @@ V2_INPUTS = {
     "user_id": TensorSpec("BYTES"),
     "items": TensorSpec("BYTES"),
     "k": TensorSpec("INT32"),
+    "exclude_seen": TensorSpec("BOOL"),
+    "price_band": TensorSpec("INT32"),
 }
+V1_FIELDS = ("user_id", "items", "k", "exclude_seen", "price_band")
 
 V2_OUTPUTS = ("item_id", "description", "score", "fallback")
 
@@ -60,6 +69,13 @@ class Catalogue:
     max_history: int
     index_of: dict[str, int] = field(default_factory=dict)
     by_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # int64 [N + 1]: each item's price band, -1 at padding and where catalogue.json has none.
+    price_bands: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def bands(self) -> list[int]:
+        """The price bands the catalogue holds (what the price_band filter accepts)."""
+        return sorted({int(b) for b in self.price_bands[1:] if b >= 0})
 
     @property
     def n_items(self) -> int:
@@ -81,6 +97,7 @@ class Catalogue:
         item_ids = [""] * (n + 1)
         descriptions = [""] * (n + 1)
         popularity = np.zeros(n + 1, dtype=np.float64)
+        price_bands = np.full(n + 1, -1, dtype=np.int64)
         for row in rows:
             try:
                 index = int(row["index"])
@@ -94,12 +111,15 @@ class Catalogue:
             item_ids[index] = item_id
             descriptions[index] = str(row.get("description") or "")
             popularity[index] = float(row.get("popularity") or 0)
+            band = row.get("price_band")
+            if isinstance(band, int) and not isinstance(band, bool) and band >= 0:
+                price_bands[index] = band
         index_of = {item_id: i for i, item_id in enumerate(item_ids) if i > 0}
         if len(index_of) != n:
             raise ModelLoadError(f"{path}: item ids are not unique")
         # Most popular first, ties by index, padding excluded.
         order = np.lexsort((np.arange(1, n + 1), -popularity[1:])) + 1
-        return cls(item_ids, descriptions, popularity, max_history, index_of, order)
+        return cls(item_ids, descriptions, popularity, max_history, index_of, order, price_bands)
 
 
 @dataclass
@@ -109,6 +129,10 @@ class Query:
     k: int
     user_id: str | None = None
     items: list[str] | None = None
+    # False lets items the customer (or session) already holds be recommended again.
+    exclude_seen: bool = True
+    # Only items of this price band are recommended; None for every band.
+    price_band: int | None = None
 
 
 @dataclass
@@ -129,7 +153,11 @@ class RecommenderModel(BlockingModel):
         feature_repo: the ``feature_store/`` Feast repo; ``None`` serves sessions only
             (a ``user_id`` request is then a 503).
         name: the model name on the wire.
-        require_gpu: demand CUDA (``None`` reads ``RECSYNTH_REQUIRE_GPU``).
+        require_gpu: demand CUDA (``None`` reads ``RECSYNTH_REQUIRE_GPU``); ignored with a
+            ``predictor_host`` (the predictor holds the session).
+        predictor_host: ``host[:port]`` of a ``--role predictor`` server: this process is then
+            the KServe transformer and opens no ONNX session. ``None`` scores in this process.
+        variant: the A/B variant every answer is tagged with (``RECSYNTH_VARIANT``).
     """
 
     def __init__(
@@ -139,14 +167,19 @@ class RecommenderModel(BlockingModel):
         *,
         name: str = MODEL_NAME,
         require_gpu: bool | None = None,
+        predictor_host: str | None = None,
+        variant: str | None = None,
     ) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.feature_repo = Path(feature_repo) if feature_repo is not None else None
         self.require_gpu = require_gpu
+        self.predictor_host = predictor_host
+        if variant is not None:
+            self.variant = variant
         self.catalogue: Catalogue | None = None
         self.version = ""
-        self._session = None
+        self._scorer: LocalScorer | RemoteScorer | None = None
         self._history = None
 
     # load ---------------------------------------------------------------------------------
@@ -154,11 +187,49 @@ class RecommenderModel(BlockingModel):
     def load(self) -> bool:
         """Open the catalogue, the ONNX session (provider-checked) and the feature store.
 
+        With a ``predictor_host`` no session is opened: the predictor is probed once (logged;
+        a predictor that starts later is used once it answers, and until then requests get a
+        503 with Retry-After) and every answer's width and model version are checked.
+
         Raises:
             ModelLoadError: a file is missing or inconsistent, CUDA is required but inactive,
                 or the feature repo lacks ``customer_history:recent_items``.
         """
         catalogue = Catalogue.read(self.model_dir / "catalogue.json")
+        version = model_version(self.model_dir)
+        if self.predictor_host is not None:
+            try:
+                scorer = RemoteScorer(
+                    self.predictor_host,
+                    model_name=self.name,
+                    n_scores=catalogue.n_items + 1,
+                    model_version=version,
+                )
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from exc
+            scorer.probe()
+        else:
+            scorer = LocalScorer(self._open_session(catalogue))
+        if self.feature_repo is not None:
+            from serving.features import CustomerHistory
+
+            self._history = CustomerHistory(self.feature_repo)
+        self.catalogue = catalogue
+        self._scorer = scorer
+        self.version = version
+        self.ready = True
+        logger.info(
+            "recommender %s ready (%s, variant %s): %d items, max_history %d, feature store %s",
+            self.version,
+            f"transformer -> {scorer.base_url}" if self.predictor_host else "one process",
+            self.variant,
+            catalogue.n_items,
+            catalogue.max_history,
+            self.feature_repo or "none",
+        )
+        return self.ready
+
+    def _open_session(self, catalogue: Catalogue):
         model_path = self.model_dir / "model.onnx"
         session = create_session(model_path, require_gpu=self.require_gpu)
         check_io(
@@ -175,22 +246,7 @@ class RecommenderModel(BlockingModel):
                 f"{model_path} returns scores of shape {probe[0].shape}, but catalogue.json "
                 f"has {catalogue.n_items} items (expected (1, {catalogue.n_items + 1}))"
             )
-        if self.feature_repo is not None:
-            from serving.features import CustomerHistory
-
-            self._history = CustomerHistory(self.feature_repo)
-        self.catalogue = catalogue
-        self._session = session
-        self.version = model_version(self.model_dir)
-        self.ready = True
-        logger.info(
-            "recommender %s ready: %d items, max_history %d, feature store %s",
-            self.version,
-            catalogue.n_items,
-            catalogue.max_history,
-            self.feature_repo or "none",
-        )
-        return self.ready
+        return session
 
     # preprocess ---------------------------------------------------------------------------
 
@@ -210,12 +266,32 @@ class RecommenderModel(BlockingModel):
                 )
         return items
 
+    def _check_band(self, band: Any, field_name: str) -> int | None:
+        bands = self.catalogue.bands
+        if band is None:
+            return None
+        if band not in bands:
+            raise BadRequest(
+                "unknown price band",
+                field=field_name,
+                value=band,
+                allowed=", ".join(map(str, bands)) or "none (the catalogue has no price bands)",
+            )
+        return band
+
     def _parse_v1(self, body: Any) -> list[Query]:
         queries = []
         for i, inst in enumerate(instances_of(body, max_instances=MAX_INSTANCES)):
             where = f"instances[{i}]"
-            reject_unknown_keys(inst, ("user_id", "items", "k"), where)
+            reject_unknown_keys(inst, V1_FIELDS, where)
             k = get_int(inst, "k", where, default=DEFAULT_K, lo=1, hi=self.k_max)
+            options = {
+                "exclude_seen": get_bool(inst, "exclude_seen", where, default=True),
+                "price_band": self._check_band(
+                    get_int(inst, "price_band", where, default=None, lo=0, hi=2**31 - 1),
+                    f"{where}.price_band",
+                ),
+            }
             has_user, has_items = "user_id" in inst, "items" in inst
             if has_user == has_items:
                 raise BadRequest(
@@ -224,10 +300,11 @@ class RecommenderModel(BlockingModel):
                     allowed='"user_id": "17850" or "items": ["85123A", ...]',
                 )
             if has_user:
-                queries.append(Query(k=k, user_id=get_str(inst, "user_id", where)))
+                queries.append(Query(k=k, user_id=get_str(inst, "user_id", where), **options))
             else:
                 items = get_str_list(inst, "items", where, max_len=MAX_SESSION_ITEMS)
-                queries.append(Query(k=k, items=self._check_items(items, f"{where}.items")))
+                items = self._check_items(items, f"{where}.items")
+                queries.append(Query(k=k, items=items, **options))
         return queries
 
     def _parse_v2(self, request: InferRequest) -> list[Query]:
@@ -237,6 +314,12 @@ class RecommenderModel(BlockingModel):
             raise BadRequest(
                 "out of range", field="inputs.k", value=k, allowed=f"1 to {self.k_max}"
             )
+        options = {
+            "exclude_seen": v2_scalar(tensors, "exclude_seen", True),
+            "price_band": self._check_band(
+                v2_scalar(tensors, "price_band", None), "inputs.price_band"
+            ),
+        }
         if ("user_id" in tensors) == ("items" in tensors):
             raise BadRequest(
                 "give exactly one of the inputs user_id or items",
@@ -262,7 +345,7 @@ class RecommenderModel(BlockingModel):
             for b, uid in enumerate(ids):
                 if not uid:
                     raise BadRequest("empty customer id", field=f"inputs.user_id[{b}]")
-            return [Query(k=k, user_id=uid) for uid in ids]
+            return [Query(k=k, user_id=uid, **options) for uid in ids]
         shape, flat = tensors["items"]
         if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
             raise BadRequest(
@@ -284,7 +367,8 @@ class RecommenderModel(BlockingModel):
             row = [s for s in flat[b * width : (b + 1) * width] if s != ""]
             if not row:
                 raise BadRequest("row has no items", field=f"inputs.items[{b}]")
-            queries.append(Query(k=k, items=self._check_items(row, f"inputs.items[{b}]")))
+            items = self._check_items(row, f"inputs.items[{b}]")
+            queries.append(Query(k=k, items=items, **options))
         return queries
 
     async def preprocess(
@@ -297,13 +381,16 @@ class RecommenderModel(BlockingModel):
             queries, protocol = self._parse_v2(payload), "v2"
         else:
             queries, protocol = self._parse_v1(payload), "v1"
-        logger.info(
+        # Sizes only, at DEBUG: serving.access writes the one INFO line per request.
+        logger.debug(
             "recommend: %d queries (%d customers) via %s",
             len(queries),
             sum(q.user_id is not None for q in queries),
             protocol,
         )
-        return {"queries": queries, **self.request_context(payload, V2_OUTPUTS)}
+        context = self.request_context(payload, V2_OUTPUTS)
+        context["trace_id"] = (headers or {}).get("x-request-id")
+        return {"queries": queries, **context}
 
     # predict ------------------------------------------------------------------------------
 
@@ -331,11 +418,15 @@ class RecommenderModel(BlockingModel):
         return out
 
     def _top_k(
-        self, scores: np.ndarray, exclude: list[int], k: int
+        self, scores: np.ndarray, exclude: list[int], query: Query
     ) -> tuple[list[int], list[float]]:
+        k = query.k
         scores = scores.astype(np.float64, copy=True)
         scores[0] = -np.inf
-        scores[exclude] = -np.inf
+        if query.exclude_seen:
+            scores[exclude] = -np.inf
+        if query.price_band is not None:
+            scores[self.catalogue.price_bands != query.price_band] = -np.inf
         eligible = int(np.isfinite(scores).sum())
         k = min(k, eligible)
         if k == 0:
@@ -359,20 +450,20 @@ class RecommenderModel(BlockingModel):
             for r, i in enumerate(rows):
                 recent = histories[i][-cat.max_history :]
                 batch[r, cat.max_history - len(recent) :] = recent
-            scores = self._session.run(["scores"], {"item_ids": batch})[0]
+            scores = self._scorer.score(batch, request_id=payload.get("trace_id"))
             scored = {i: scores[r] for r, i in enumerate(rows)}
 
         results = []
         for i, q in enumerate(queries):
             seen = histories[i] or []
             if i in scored:
-                indices, values = self._top_k(scored[i], seen, q.k)
+                indices, values = self._top_k(scored[i], seen, q)
                 results.append(Ranked(q, indices, values))
             else:
-                indices, values = self._top_k(cat.popularity, seen, q.k)
+                indices, values = self._top_k(cat.popularity, seen, q)
                 results.append(Ranked(q, indices, values, fallback=FALLBACK_POPULARITY))
         n_fallback = sum(r.fallback is not None for r in results)
-        logger.info("recommend: %d answered, %d by popularity fallback", len(results), n_fallback)
+        logger.debug("recommend: %d answered, %d by popularity fallback", len(results), n_fallback)
         return {**payload, "results": results}
 
     # postprocess --------------------------------------------------------------------------
@@ -396,11 +487,13 @@ class RecommenderModel(BlockingModel):
                                 "item_id": cat.item_ids[ix],
                                 "description": cat.descriptions[ix],
                                 "score": score,
+                                "price_band": int(cat.price_bands[ix]),
                             }
                             for ix, score in zip(r.indices, r.scores, strict=True)
                         ],
                         "fallback": r.fallback,
                         "model_version": self.version,
+                        "variant": self.variant,
                     }
                     for r in results
                 ]
@@ -423,6 +516,30 @@ class RecommenderModel(BlockingModel):
         ]
         return self.v2_response(result, outputs)
 
+    # push (POST /v1/models/recommender/purchases) ----------------------------------------
+
+    def push_purchase(self, customer_id: str, items: list[str], ts: Any) -> None:
+        """Append a purchase to the customer's online history (blocking; run in the executor).
+
+        Raises:
+            NotReady: no feature store, one that cannot take pushes, or a failed write.
+        """
+        if self._history is None:
+            raise NotReady(
+                "this recommender was started without --feature-repo; purchases cannot be pushed"
+            )
+        push = getattr(self._history, "push_purchase", None)
+        if push is None:
+            raise NotReady("this feature store client has no push_purchase")
+        try:
+            push(customer_id, items, ts)
+        except (BadRequest, NotReady):
+            raise
+        except ValueError as exc:
+            raise BadRequest(f"the feature store refused the purchase: {exc}") from exc
+        except Exception as exc:  # sqlite/redis/feast errors surface as many types
+            raise NotReady(f"the online feature store could not be written: {exc}") from exc
+
     # metadata (GET /v2/models/recommender) ------------------------------------------------
 
     def get_input_types(self) -> list[dict]:
@@ -431,6 +548,8 @@ class RecommenderModel(BlockingModel):
             {"name": "user_id", "datatype": "BYTES", "shape": [-1]},
             {"name": "items", "datatype": "BYTES", "shape": [-1, -1]},
             {"name": "k", "datatype": "INT32", "shape": [1]},
+            {"name": "exclude_seen", "datatype": "BOOL", "shape": [1]},
+            {"name": "price_band", "datatype": "INT32", "shape": [1]},
         ]
 
     def get_output_types(self) -> list[dict]:

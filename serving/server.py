@@ -39,6 +39,9 @@ from serving.kserve_compat import (
     kserve,
     model_server,
 )
+from serving.metrics import RequestMetrics
+from serving.push import PATH as PURCHASES_PATH
+from serving.push import purchases_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -61,49 +64,60 @@ def _field_from_loc(loc: tuple[Any, ...]) -> str:
     return text or "body"
 
 
-def _error_body(status: int, message: str, field: str | None) -> JSONResponse:
-    logger.info("request refused with %d: %s", status, message)
+def _note_refusal(request: Request, status: int, message: str, field: str | None) -> None:
+    # The message may echo a value from the request (a customer id): DEBUG only. The access
+    # line (serving.metrics) carries the status and the field at INFO.
+    logger.debug("request refused with %d: %s", status, message)
+    if field is not None:
+        request.state.error_field = field
+
+
+def _error_body(request: Request, status: int, message: str, field: str | None) -> JSONResponse:
+    _note_refusal(request, status, message, field)
     body: dict[str, Any] = {"error": message, "status": status}
     if field is not None:
         body["field"] = field
     return JSONResponse(status_code=status, content=body)
 
 
-async def _serving_error_handler(_: Request, exc: ServingError) -> JSONResponse:
-    logger.info("request refused with %d: %s", exc.status, exc.message)
-    return JSONResponse(status_code=exc.status, content=exc.to_dict())
+async def _serving_error_handler(request: Request, exc: ServingError) -> JSONResponse:
+    _note_refusal(request, exc.status, exc.message, exc.field)
+    if exc.status >= 500:
+        # Server-side trouble (predictor down, store unreadable) is worth an operator's eye.
+        logger.warning("answered %d: %s", exc.status, exc.message)
+    return JSONResponse(status_code=exc.status, content=exc.to_dict(), headers=exc.headers)
 
 
-async def _validation_error_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI answers a V2 body that fails the InferenceRequest schema with 422. Every other bad
     # request here is a 400 naming the field, so this one is too (see docs/serving.md). The
     # union's "bytes" alternative always fails too and says nothing useful, so it is skipped.
     errors = [e for e in exc.errors() if tuple(e.get("loc", ()))[-1:] != ("bytes",)]
     if not errors:
-        return _error_body(400, "body: not a V2 inference request", "body")
+        return _error_body(request, 400, "body: not a V2 inference request", "body")
     first = errors[0]
     field = "body" if first.get("type") == "json_invalid" else _field_from_loc(first["loc"])
     message = f"{field}: {first.get('msg', 'invalid')}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problems)"
-    return _error_body(400, message, field)
+    return _error_body(request, 400, message, field)
 
 
-async def _invalid_input_handler(_: Request, exc: InvalidInput) -> JSONResponse:
+async def _invalid_input_handler(request: Request, exc: InvalidInput) -> JSONResponse:
     # KServe raises InvalidInput while decoding the body, before a model sees it: invalid JSON
     # (orjson refuses NaN/Infinity and invalid UTF-8), a V2 body sent without a JSON content type
     # and without the binary-extension header. Its own handler already answers 400; this one
     # adds the field, so every 400 body has the same keys.
-    return _error_body(400, f"body: {exc.reason}", "body")
+    return _error_body(request, 400, f"body: {exc.reason}", "body")
 
 
-async def _http_exception_handler(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_exception_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # FastAPI raises these itself: 400 for a V2 body that is not UTF-8 ("There was an error
     # parsing the body"), 404/405 for a path or method that does not exist.
     detail = str(exc.detail)
     if exc.status_code == 400:
-        return _error_body(400, f"body: {detail}", "body")
-    return _error_body(exc.status_code, detail, None)
+        return _error_body(request, 400, f"body: {detail}", "body")
+    return _error_body(request, exc.status_code, detail, None)
 
 
 def _model_error_handlers(registry: Any) -> tuple[Any, Any]:
@@ -115,13 +129,13 @@ def _model_error_handlers(registry: Any) -> tuple[Any, Any]:
     async def not_found(request: Request, exc: ModelNotFound) -> JSONResponse:
         name = request.path_params.get("model_name")
         error = UnknownModel("unknown model", field="model", value=name, allowed=served())
-        logger.info("request refused with 404: %s", error.message)
+        _note_refusal(request, error.status, error.message, error.field)
         return JSONResponse(status_code=error.status, content=error.to_dict())
 
     async def not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
         name = request.path_params.get("model_name")
         error = NotReady("model is not ready", field="model", value=name)
-        logger.info("request refused with 503: %s", error.message)
+        _note_refusal(request, error.status, error.message, error.field)
         return JSONResponse(status_code=error.status, content=error.to_dict())
 
     return not_found, not_ready
@@ -188,6 +202,13 @@ class LoopbackRESTServer(RESTServer):
         app.add_exception_handler(ModelNotFound, not_found)
         app.add_exception_handler(ModelNotReady, not_ready)
         app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
+        # Added last, so outermost: it also counts and logs what BodySizeLimit refuses.
+        app.add_middleware(RequestMetrics, registry=self.dataplane.model_registry)
+        app.add_api_route(
+            PURCHASES_PATH,
+            purchases_endpoint(self.dataplane.model_registry),
+            methods=["POST"],
+        )
 
 
 class LocalModelServer(kserve.ModelServer):

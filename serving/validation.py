@@ -167,6 +167,22 @@ def get_float(
     return value
 
 
+def get_bool(inst: Mapping[str, Any], key: str, where: str, *, default: bool) -> bool:
+    """A JSON boolean field; 0/1 and "true" are refused (they are not booleans)."""
+    value = inst.get(key, _MISSING)
+    if value is _MISSING:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(
+            f"must be true or false, not {type(value).__name__}",
+            field=f"{where}.{key}",
+            value=value,
+            has_value=True,
+            allowed="true or false",
+        )
+    return value
+
+
 def get_str(
     inst: Mapping[str, Any],
     key: str,
@@ -245,7 +261,13 @@ class TensorSpec:
     required: bool = False
 
 
-_V2_PYTHON_TYPES = {"BYTES": "string", "INT32": "integer", "INT64": "integer", "FP32": "number"}
+_V2_PYTHON_TYPES = {
+    "BOOL": "boolean",
+    "BYTES": "string",
+    "INT32": "integer",
+    "INT64": "integer",
+    "FP32": "number",
+}
 _INT32_RANGE = (-(2**31), 2**31 - 1)
 _INT64_RANGE = (-(2**63), 2**63 - 1)
 
@@ -315,6 +337,16 @@ def v2_tensors(
             if want == "BYTES":
                 flat = [b.decode("utf-8", "replace") if isinstance(b, bytes) else b for b in flat]
         else:
+            if not isinstance(tensor.data, list):
+                # A bare "17850" for a BYTES [1] tensor would otherwise pass as one element;
+                # the protocol's data is always an array, so the client is told so.
+                raise BadRequest(
+                    "data must be a JSON array (row-major, or nested by shape)",
+                    field=f"{where}.data",
+                    value=tensor.data,
+                    has_value=True,
+                    allowed=f"a list of {math.prod(shape)} {_V2_PYTHON_TYPES[want]} values",
+                )
             flat = _flatten(tensor.data)
         if len(flat) != math.prod(shape):
             raise BadRequest(
@@ -325,6 +357,8 @@ def v2_tensors(
             ok = (
                 isinstance(element, str)
                 if want == "BYTES"
+                else isinstance(element, bool)
+                if want == "BOOL"
                 else _is_int(element)
                 if want in ("INT32", "INT64")
                 else (isinstance(element, float) or _is_int(element)) and math.isfinite(element)

@@ -27,6 +27,20 @@ class Servers:
     feature_repo: Path
 
 
+@dataclass
+class SplitServers:
+    """The cluster shape: a transformer (Feast, ranking) in front of a predictor (ONNX)."""
+
+    transformer: Server
+    predictor: Server
+    rec_dir: Path
+    feature_repo: Path
+    logs: Path
+
+
+TRANSFORMER_VARIANT = "canary"
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The exported/recommender and exported/generator folders (tiny ONNX models)."""
@@ -72,3 +86,37 @@ def servers(
     finally:
         for server in started:
             stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def split(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitServers]:
+    """``--role predictor`` and ``--role transformer`` (variant canary), ready; stopped by PID.
+
+    A test may stop and restart the predictor; it must leave a ready one in ``split.predictor``.
+    """
+    logs = tmp_path_factory.mktemp("split-logs")
+    predictor = start_server(
+        "recommender",
+        ["--role", "predictor", "--model-dir", str(servers.rec_dir)],
+        logs / "predictor.log",
+    )
+    holder = SplitServers(None, predictor, servers.rec_dir, servers.feature_repo, logs)  # type: ignore[arg-type]
+    try:
+        holder.transformer = start_server(
+            "recommender",
+            [
+                "--role", "transformer",
+                "--predictor-host", f"127.0.0.1:{predictor.port}",
+                "--model-dir", str(servers.rec_dir),
+                "--feature-repo", str(servers.feature_repo),
+            ],
+            logs / "transformer.log",
+            env={"RECSYNTH_VARIANT": TRANSFORMER_VARIANT},
+        )  # fmt: skip
+        wait_ready(predictor)
+        wait_ready(holder.transformer)
+        yield holder
+    finally:
+        for server in (holder.transformer, holder.predictor):
+            if server is not None:
+                stop_server(server)

@@ -58,11 +58,14 @@ class Server:
         return "\n".join(lines[-n:])
 
 
-def start_server(name: str, args: list[str], log: Path, *, env: dict | None = None) -> Server:
-    """Start `python -m serving --model NAME ...` on a free port of the range."""
-    port = free_port(18000 + (os.getpid() % 50) * 8)
+def start_server(
+    name: str, args: list[str], log: Path, *, env: dict | None = None, port: int | None = None
+) -> Server:
+    """Start `python -m serving --model NAME ...` on ``port`` or a free port of the range."""
+    if port is None:
+        port = free_port(18000 + (os.getpid() % 50) * 8)
     full_env = {**os.environ, "RECSYNTH_LOG_LEVEL": "INFO", **(env or {})}
-    handle = log.open("w", encoding="utf-8")
+    handle = log.open("a", encoding="utf-8")
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model", name, *args, "--port", str(port)],
         cwd=REPO,

@@ -187,7 +187,13 @@ def test_v2_requested_outputs_filter_the_answer(servers):
 def test_v2_metadata_and_readiness(servers):
     base = servers.recommender.base
     meta = httpx.get(f"{base}/v2/models/recommender", timeout=10).json()
-    assert [i["name"] for i in meta["inputs"]] == ["user_id", "items", "k"]
+    assert [i["name"] for i in meta["inputs"]] == [
+        "user_id",
+        "items",
+        "k",
+        "exclude_seen",
+        "price_band",
+    ]
     assert [o["name"] for o in meta["outputs"]] == ["item_id", "description", "score", "fallback"]
     ready = httpx.get(f"{base}/v2/models/recommender/ready", timeout=10)
     assert ready.status_code == 200
