@@ -467,7 +467,7 @@ def _decode(values: dict[str, Any] | None) -> History | None:
     items = got["recent_items"]
     purchase = got["last_purchase_at"]
     return History(
-        recent_items=[] if items is None else [str(v) for v in items.val],
+        recent_items=[] if items is None else list(items.val),
         n_items=0 if got["n_items"] is None else int(got["n_items"]),
         country=got["country"],
         last_purchase_at=None if purchase is None else datetime.fromtimestamp(purchase, UTC),

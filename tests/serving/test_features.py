@@ -187,6 +187,27 @@ def test_a_write_through_feast_itself_is_seen_at_once(history, repo):
     assert history.recent_items(["20002"]) == [["99501"]]
 
 
+def test_concurrent_lookups_and_pushes_all_succeed(history):
+    # the server runs requests in a thread pool: reads and pushes share the store
+    from concurrent.futures import ThreadPoolExecutor
+
+    pushed = [f"99{900 + i}" for i in range(12)]
+
+    def read(_: int) -> list:
+        return history.recent_items(["17850", "14688", "20003"])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reads = [pool.submit(read, i) for i in range(200)]
+        for code in pushed:
+            history.push_purchase("20003", [code])
+        got = [r.result() for r in reads]
+    assert all(g[0] == HISTORIES["17850"] for g in got)
+    assert all(g[1] == HISTORIES["14688"][-50:] for g in got)
+    # every read saw a prefix of the pushes, in order, and the last read after them sees all
+    assert all(g[2] is None or g[2] == pushed[: len(g[2])] for g in got)
+    assert history.recent_items(["20003"]) == [pushed]
+
+
 def test_rows_older_than_the_ttl_are_not_served(history, repo):
     registered = datetime.fromisoformat(repo[1]["registered_at"])
     ttl = timedelta(days=30)
