@@ -37,13 +37,40 @@ class GenerateConfig(StrictModel):
     # per-sample cost is the same, and larger batches drown the noise better.
     batch_size: int = Field(default=256, ge=1)
     learning_rate: float = Field(default=1e-2, gt=0)
-    dp: DPConfig = DPConfig(target_epsilon=4.0)
+    # A user-level (customer) guarantee; delta defaults to 1 / (10 * customers trained on).
+    dp: DPConfig = DPConfig(target_epsilon=8.0)
+    # Contribution bounding. "history": a customer is one sequence, their whole training history
+    # (most recent items kept). "invoice": a customer gives one sequence per invoice (items first
+    # bought together), at most max_sequences_per_customer of them, the most recent. Either way
+    # a customer is one row of DP-SGD: their sequences are packed into that row (attention never
+    # crosses sequences) and the row's gradient, the sum over their sequences, is clipped once,
+    # so the accountant's unit stays the customer whatever the number of sequences.
+    session_split: Literal["history", "invoice"] = "history"
+    max_sequences_per_customer: int = Field(default=1, ge=1, le=1000)
+    # Most tokens one customer's packed row may hold (None: max_sequences * max_length). Older
+    # sequences go first when a customer has more.
+    max_tokens_per_customer: int | None = Field(default=None, ge=8)
+    # Conditioning tokens after the country: month of the sequence's first purchase and the
+    # median price band of its items (needs items.parquet's price_band).
+    condition_month: bool = True
+    condition_price_band: bool = True
+    # A local folder written by save_pretrained (e.g. an earlier generate run's generator_model/)
+    # to start from instead of a fresh model of `architecture`/`size`. With a vocab.json there,
+    # its vocabulary is reused (data outside it is dropped); without one, the model's token
+    # embeddings are resized to this data's vocabulary.
+    pretrained_path: str | None = Field(default=None, min_length=1)
     # Ghost clipping computes per-sample gradient norms without materialising per-sample
     # gradients (it needs untied embeddings); hooks and functorch are slower fallbacks that give
     # the same clipping.
     clipping: ClippingMode = "ghost"
     n_synthetic: int = Field(default=2000, ge=0)
     temperature: float = Field(default=1.0, gt=0)
+    # Sampling filters for the synthetic set: None leaves them off (see sample.sample_sessions).
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    # Write synthetic/quality.html and quality.json (fidelity, utility, privacy against the
+    # customers held out of training by `canaries.holdout_fraction`).
+    quality_report: bool = True
     # Rows decoded together when sampling; memory grows with it, speed saturates early on CPU.
     sample_batch_size: int = Field(default=500, ge=1)
     # Synthetic sequences never repeat an item, like the real ones (distinct items in order of

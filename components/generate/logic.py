@@ -21,14 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from components.common import artifacts
+from components.common import artifacts, canaries
 from components.common.artifacts import StepTimer, atomic_dir, read_parquet, write_json
-from components.common.errors import InputError
+from components.common.errors import ConfigError, InputError
 from components.common.splits import leave_last_out
+from components.generate import quality
 from components.generate.config import GenerateConfig
-from components.generate.model import build_model, load_model
-from components.generate.sample import sample_sequences
-from components.generate.tokenizer import FRAME_TOKENS, ItemVocab
+from components.generate.model import build_model, load_model, load_pretrained
+from components.generate.sample import sample_sessions
+from components.generate.tokenizer import EOS_ID, VOCAB_FILE, ItemVocab, Session
 from components.generate.train import train_generator
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,13 @@ logger = logging.getLogger(__name__)
 SAMPLE_THREADS = 1
 
 SYNTHETIC_SCHEMA = pa.schema(
-    [("synthetic_id", pa.string()), ("country", pa.string()), ("items", pa.list_(pa.string()))]
+    [
+        ("synthetic_id", pa.string()),
+        ("country", pa.string()),
+        ("items", pa.list_(pa.string())),
+        ("month", pa.int64()),
+        ("price_band", pa.int64()),
+    ]
 )
 
 
@@ -55,15 +62,18 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def read_sequences(cleaned_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+def read_sequences(cleaned_dir: Path, *, with_ts: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """The customer sequences and the catalogue's stock codes from ``cleaned/``.
+
+    ``with_ts`` also reads the time of each item's first purchase (column ``ts``).
 
     Raises:
         InputError: a missing file or column, no customers, a duplicate customer id or a
             missing country.
     """
     path = cleaned_dir / artifacts.SEQUENCES
-    sequences = read_parquet(path, ["customer_id", "country", "items"])
+    columns = ["customer_id", "country", "items", *(["ts"] if with_ts else [])]
+    sequences = read_parquet(path, columns)
     catalogue = read_parquet(cleaned_dir / artifacts.ITEMS, ["item_id"])
     if sequences.empty:
         raise InputError("no customer sequences to train the generator on", file=str(path))
@@ -80,34 +90,281 @@ def read_sequences(cleaned_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     if missing.any():
         row = int(missing.to_numpy().nonzero()[0][0])
         raise InputError("country is missing", file=str(path), column="country", row=row)
-    return sequences[["customer_id", "country", "items"]], catalogue["item_id"].astype(str).tolist()
+    return sequences[columns], catalogue["item_id"].astype(str).tolist()
 
 
-def customer_records(train_part: pd.DataFrame, vocab: ItemVocab) -> list[list[int]]:
-    """One token record per customer of ``train_part`` (the training parts of the split).
+def read_price_bands(cleaned_dir: Path) -> dict[str, int]:
+    """Each catalogue item's price band (``items.parquet``'s price_band, 0..bands-1).
 
-    Each record is ``[bos, country, items..., eos]`` of at most ``vocab.max_length`` tokens. A
-    customer whose training items all lie outside the catalogue has nothing to learn from and is
-    left out.
+    Raises:
+        InputError: the column is missing or holds a negative or missing band.
     """
-    records = [
-        vocab.encode(country, list(items))
-        for country, items in zip(train_part["country"], train_part["items"], strict=True)
-    ]
-    return [rec for rec in records if len(rec) > FRAME_TOKENS]
+    path = cleaned_dir / artifacts.ITEMS
+    items = read_parquet(path, ["item_id", "price_band"])
+    bands = items["price_band"]
+    bad = bands.isna() | (bands < 0)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise InputError(
+            f"price_band {bands.iloc[row]!r} must be an integer >= 0",
+            file=str(path),
+            column="price_band",
+            row=row,
+        )
+    return dict(zip(items["item_id"].astype(str), bands.astype(int), strict=True))
 
 
-def write_synthetic(path: Path, sessions: list[tuple[str, list[str]]]) -> None:
-    """Write ``synthetic_sessions.parquet`` with ids ``syn-000001``, ``syn-000002``, ..."""
+def training_histories(sequences: pd.DataFrame) -> pd.DataFrame:
+    """The leave-last-out training part of each customer, with ``ts`` when ``sequences`` has it.
+
+    Returns:
+        One row per customer: customer_id, country, items (and ts, aligned with items).
+    """
+    train = leave_last_out(sequences).train
+    if "ts" in sequences.columns:
+        ts_by_customer = dict(zip(sequences["customer_id"], sequences["ts"], strict=True))
+        train["ts"] = [
+            list(ts_by_customer[c])[: len(items)]
+            for c, items in zip(train["customer_id"], train["items"], strict=True)
+        ]
+    return train
+
+
+def _lower_median(values: list[int]) -> int:
+    ordered = sorted(values)
+    return int(ordered[(len(ordered) - 1) // 2])
+
+
+def _invoices(items: list[str], ts: list | None) -> list[list[int]]:
+    """Positions of ``items`` grouped by first-purchase time (one group per invoice)."""
+    if ts is None:
+        return [list(range(len(items)))]
+    groups: list[list[int]] = []
+    previous = object()
+    for pos, stamp in enumerate(ts):
+        if stamp != previous:
+            groups.append([])
+            previous = stamp
+        groups[-1].append(pos)
+    return groups
+
+
+def customer_sessions(
+    row_items: list[str],
+    row_ts: list | None,
+    *,
+    session_split: str,
+    max_sequences: int,
+    max_items: int,
+) -> list[tuple[list[str], object]]:
+    """One customer's bounded sequences: ``(items, first purchase time)``, oldest first.
+
+    ``history``: one sequence, the most recent ``max_items`` items. ``invoice``: one sequence per
+    invoice, the most recent ``max_sequences`` invoices, each cut to its last ``max_items``.
+    """
+    if session_split == "history":
+        groups = [list(range(len(row_items)))]
+    else:
+        groups = _invoices(row_items, row_ts)[-max_sequences:]
+    out = []
+    for positions in groups:
+        kept = positions[-max_items:]
+        out.append(([row_items[p] for p in kept], None if row_ts is None else row_ts[kept[0]]))
+    return out
+
+
+def customer_records(
+    train_part: pd.DataFrame,
+    vocab: ItemVocab,
+    *,
+    bands: dict[str, int] | None = None,
+    session_split: str = "history",
+    max_sequences: int = 1,
+    max_tokens: int | None = None,
+) -> list[list[list[int]]]:
+    """The bounded token sequences of each customer of ``train_part`` (its training parts).
+
+    This is the contribution bound of DP training. Each customer gives at most ``max_sequences``
+    sequences (``invoice`` split; ``history`` gives exactly one) of at most ``vocab.max_length``
+    tokens each, and at most ``max_tokens`` tokens in all (default ``max_sequences *
+    max_length``): older sequences are dropped first, then the oldest items of the last one.
+    Each sequence is ``[bos, country, month, band, items..., eos]`` (month of its first item's
+    purchase, lower median of its items' price bands; each only where the vocabulary has it).
+    Items outside the vocabulary are dropped; a customer left without items is left out.
+
+    Raises:
+        ConfigError: ``max_tokens`` leaves no room for one item.
+        InputError: ``ts`` is missing while the vocabulary has months.
+    """
+    frame = vocab.frame_tokens
+    budget = max_tokens if max_tokens is not None else max_sequences * vocab.max_length
+    if budget < frame + 1:
+        raise ConfigError(
+            f"generate.max_tokens_per_customer={budget} must be >= {frame + 1} "
+            f"({frame} frame and condition tokens plus one item)"
+        )
+    if vocab.months is not None and "ts" not in train_part.columns:
+        raise InputError("month conditioning needs each item's ts", column="ts")
+    has_ts = "ts" in train_part.columns
+    records = []
+    for row in train_part.itertuples(index=False):
+        known = [(i, t) for i, t in zip(row.items, row.ts if has_ts else row.items, strict=True)]
+        known = [(str(i), t) for i, t in known if vocab.item_id(str(i)) is not None]
+        if not known:
+            continue
+        items = [i for i, _ in known]
+        ts = [t for _, t in known] if has_ts else None
+        sessions = customer_sessions(
+            items,
+            ts,
+            session_split=session_split,
+            max_sequences=max_sequences,
+            max_items=vocab.max_items,
+        )
+        # Newest first against the token budget; then back to time order.
+        kept: list[list[int]] = []
+        left = budget
+        for seq_items, first_ts in reversed(sessions):
+            if left < frame + 1:
+                break
+            seq_items = seq_items[-(left - frame) :]
+            kept.append(
+                vocab.encode(
+                    row.country,
+                    seq_items,
+                    month=None if vocab.months is None else pd.Timestamp(first_ts).month,
+                    price_band=(
+                        None
+                        if vocab.price_bands is None or bands is None
+                        else _lower_median([bands[i] for i in seq_items])
+                    ),
+                )
+            )
+            left -= len(kept[-1])
+        records.append(kept[::-1])
+    return records
+
+
+def write_synthetic(path: Path, sessions: list[Session]) -> None:
+    """Write ``synthetic_sessions.parquet`` with ids ``syn-000001``, ``syn-000002``, ...
+
+    Besides the contract's columns it carries each session's sampled month and price band
+    (null for a generator without that condition).
+    """
     table = pa.table(
         {
             "synthetic_id": [f"syn-{i + 1:06d}" for i in range(len(sessions))],
-            "country": [country for country, _ in sessions],
-            "items": [items for _, items in sessions],
+            "country": [s.country for s in sessions],
+            "items": [list(s.items) for s in sessions],
+            "month": [s.month for s in sessions],
+            "price_band": [s.price_band for s in sessions],
         },
         schema=SYNTHETIC_SCHEMA,
     )
     pq.write_table(table, path)
+
+
+def _vocabulary(
+    cfg: GenerateConfig,
+    catalogue: list[str],
+    countries: pd.Series,
+    bands: dict[str, int] | None,
+) -> ItemVocab:
+    """The vocabulary to train with: the pretrained folder's, or one built from the data."""
+    if cfg.pretrained_path is not None:
+        folder = Path(cfg.pretrained_path)
+        if (folder / VOCAB_FILE).is_file():
+            vocab = ItemVocab.load(folder)
+            if vocab.max_length != cfg.max_length:
+                raise ConfigError(
+                    f"generate.max_length={cfg.max_length} disagrees with the pretrained "
+                    f"vocabulary's max_length={vocab.max_length} ({folder / VOCAB_FILE})"
+                )
+            unknown = sorted(set(countries.astype(str)) - set(vocab.countries))
+            if unknown:
+                raise InputError(
+                    f"countries {unknown[:5]} are not in the pretrained vocabulary; allowed: "
+                    f"{sorted(vocab.countries)}",
+                    file=str(folder / VOCAB_FILE),
+                    column="country",
+                )
+            logger.info("reusing the vocabulary of %s (%d tokens)", folder, len(vocab))
+            return vocab
+    n_bands = None
+    if bands:
+        n_bands = max(bands.values()) + 1
+    return ItemVocab.build(
+        catalogue,
+        countries,
+        cfg.max_length,
+        months=cfg.condition_month,
+        n_price_bands=n_bands,
+    )
+
+
+def _held_out_part(sequences: pd.DataFrame, cfg: GenerateConfig, *, seed: int) -> pd.DataFrame:
+    """The customers the audit's hash rule keeps out of training (none when it is off)."""
+    if not cfg.canaries.enabled or cfg.canaries.holdout_fraction <= 0:
+        return sequences.iloc[:0]
+    ids = sequences["customer_id"].astype(str).tolist()
+    mask = canaries.held_out(ids, cfg.canaries.holdout_fraction, seed)
+    return sequences.loc[mask].reset_index(drop=True)
+
+
+def _decode_records(vocab: ItemVocab, records: list[list[list[int]]]) -> list[Session]:
+    out = []
+    for segments in records:
+        for tokens in segments:
+            session = vocab.decode_session(tokens)
+            if session is not None and session.items:
+                out.append(session)
+    return out
+
+
+def _quality(
+    out_dir: Path,
+    synthetic: list[Session],
+    *,
+    train_sessions: list[Session],
+    held_sequences: pd.DataFrame,
+    vocab: ItemVocab,
+    bands: dict[str, int] | None,
+    cfg: GenerateConfig,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Write synthetic/quality.{json,html}; the headline figures, None without held-out data."""
+    if held_sequences.empty:
+        logger.info("quality report skipped: no customers are held out of training")
+        return None
+    started = time.perf_counter()
+    # The held-out customers' whole sequences, bounded like the training records: the
+    # generator never saw any of their items.
+    held_records = customer_records(
+        held_sequences,
+        vocab,
+        bands=bands,
+        session_split=cfg.session_split,
+        max_sequences=cfg.max_sequences_per_customer,
+        max_tokens=cfg.max_tokens_per_customer,
+    )
+    held_ids = set(vocab.item_ids)
+    next_item_cases = [
+        ([str(i) for i in items[:-1]], str(items[-1]))
+        for items in held_sequences["items"]
+        if len(items) >= 2 and str(items[-1]) in held_ids
+    ]
+    report = quality.evaluate(
+        synthetic=synthetic,
+        train=train_sessions,
+        held_out=_decode_records(vocab, held_records),
+        next_item_cases=next_item_cases,
+        catalogue=vocab.item_ids,
+        max_items=vocab.max_items,
+        seed=seed,
+    )
+    report["wall_s"] = round(time.perf_counter() - started, 3)
+    quality.write(out_dir, report)
+    return quality.headline(report)
 
 
 def run(
@@ -136,10 +393,23 @@ def run(
     cleaned_dir, model_dir, synthetic_dir = Path(cleaned_dir), Path(model_dir), Path(synthetic_dir)
 
     # Training parts only: the last two items of an evaluated customer are never seen here.
-    sequences, catalogue = read_sequences(cleaned_dir)
-    train_part = leave_last_out(sequences).train
-    vocab = ItemVocab.build(catalogue, train_part["country"], cfg.max_length)
-    records = customer_records(train_part, vocab)
+    needs_ts = cfg.condition_month or cfg.session_split == "invoice"
+    sequences, catalogue = read_sequences(cleaned_dir, with_ts=needs_ts)
+    bands = read_price_bands(cleaned_dir) if cfg.condition_price_band else None
+    train_part = training_histories(sequences)
+    vocab = _vocabulary(cfg, catalogue, train_part["country"], bands)
+    # The customers the audit keeps out of training are the quality report's real reference.
+    held_part = _held_out_part(sequences, cfg, seed=seed)
+    # Audit: a seeded share of customers stays out of training (membership-inference non-members).
+    train_part, n_held_out = canaries.drop_held_out(train_part, cfg.canaries, seed=seed)
+    records = customer_records(
+        train_part,
+        vocab,
+        bands=bands,
+        session_split=cfg.session_split,
+        max_sequences=cfg.max_sequences_per_customer,
+        max_tokens=cfg.max_tokens_per_customer,
+    )
     if not records:
         raise InputError(
             "no customer has a training item in the catalogue",
@@ -147,18 +417,39 @@ def run(
             column="items",
         )
     logger.info(
-        "generator data: %d customers (%d dropped without catalogue items), %d countries, "
-        "%d items, vocab %d, max_length %d",
+        "generator data: %d customers (%d dropped without catalogue items), %d sequences, "
+        "%d countries, %d items, vocab %d, max_length %d",
         len(records),
         len(train_part) - len(records),
+        sum(len(r) for r in records),
         len(vocab.countries),
         vocab.n_items,
         len(vocab),
         cfg.max_length,
     )
 
+    # Audit: canary customers, each included with probability 1/2 (counted as customers by DP).
+    # The canary helper frames its canaries like the first sequence of each customer; every
+    # canary it appends is one more customer of a single sequence.
+    n_members = len(records)
+    with_canaries, canary_set = canaries.add_generator_canaries(
+        [segments[0] for segments in records],
+        first_item_id=vocab.first_item_id,
+        vocab_size=len(vocab),
+        eos_id=EOS_ID,
+        max_length=cfg.max_length,
+        cfg=cfg.canaries,
+        seed=seed,
+        n_held_out=n_held_out,
+    )
+    records = [*records, *([canary] for canary in with_canaries[n_members:])]
     torch.manual_seed(seed)  # the initial weights too
-    model = build_model(cfg.architecture, cfg.size, len(vocab), cfg.max_length)
+    if cfg.pretrained_path is not None:
+        model = load_pretrained(
+            cfg.pretrained_path, len(vocab), cfg.max_length, clipping=cfg.clipping
+        )
+    else:
+        model = build_model(cfg.architecture, cfg.size, len(vocab), cfg.max_length)
     with (
         _torch_threads(cfg.num_threads),
         atomic_dir(model_dir) as model_tmp,
@@ -170,23 +461,41 @@ def run(
         model.save_pretrained(model_tmp)
         vocab.save(model_tmp)
         write_json(model_tmp / artifacts.PRIVACY, result.privacy.model_dump(mode="json"))
+        canaries.save(model_tmp, canary_set)
 
         # Sample from the saved weights, so the sessions come from exactly what is shipped.
         sample_started = time.perf_counter()
         with _torch_threads(cfg.num_threads or SAMPLE_THREADS):
-            sessions = sample_sequences(
-                load_model(model_tmp),
+            shipped = load_model(model_tmp)
+            sessions = sample_sessions(
+                shipped,
                 vocab,
                 cfg.n_synthetic,
                 seed=seed,
                 temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
                 batch_size=cfg.sample_batch_size,
                 no_repeat_items=cfg.no_repeat_items,
             )
         sample_wall = time.perf_counter() - sample_started
         write_synthetic(synthetic_tmp / artifacts.SYNTHETIC_SESSIONS, sessions)
 
-        lengths = [len(items) for _, items in sessions]
+        quality_summary = None
+        if cfg.quality_report:
+            quality_summary = _quality(
+                synthetic_tmp,
+                sessions,
+                train_sessions=_decode_records(vocab, records[:n_members]),
+                held_sequences=held_part,
+                vocab=vocab,
+                bands=bands,
+                cfg=cfg,
+                seed=seed,
+            )
+
+        lengths = [len(s.items) for s in sessions]
+        countries = pd.Series([s.country for s in sessions], dtype=object)
         record = result.privacy
         summary = {
             "architecture": cfg.architecture,
@@ -200,6 +509,23 @@ def run(
             "steps": record.steps,
             "clipping": result.clipping,
             "n_customers": record.n_units,
+            "unit": record.unit,
+            "n_held_out_customers": n_held_out,
+            "n_training_sequences": sum(len(r) for r in records),
+            "session_split": cfg.session_split,
+            "max_sequences_per_customer": cfg.max_sequences_per_customer,
+            "max_tokens_per_customer": cfg.max_tokens_per_customer
+            or cfg.max_sequences_per_customer * cfg.max_length,
+            "conditioning": [
+                name
+                for name, on in (
+                    ("country", True),
+                    ("month", vocab.months is not None),
+                    ("price_band", vocab.price_bands is not None),
+                )
+                if on
+            ],
+            "pretrained_path": cfg.pretrained_path,
             "vocab_size": len(vocab),
             "n_items": vocab.n_items,
             "n_countries": len(vocab.countries),
@@ -207,7 +533,13 @@ def run(
             "epoch_losses": [round(v, 5) for v in result.epoch_losses],
             "n_synthetic": len(sessions),
             "mean_synthetic_length": round(sum(lengths) / len(lengths), 3) if lengths else 0.0,
-            "n_distinct_synthetic_items": len({i for _, items in sessions for i in items}),
+            "n_distinct_synthetic_items": len({i for s in sessions for i in s.items}),
+            "synthetic_top_country_share": (
+                round(float(countries.value_counts(normalize=True).iloc[0]), 4)
+                if len(countries)
+                else None
+            ),
+            "quality": quality_summary,
             "train_wall_s": round(train_wall, 3),
             "sample_wall_s": round(sample_wall, 3),
             "wall_s": round(timer.elapsed(), 3),

@@ -96,6 +96,49 @@ def load_model(directory: str | os.PathLike[str]) -> torch.nn.Module:
     return model
 
 
+def load_pretrained(
+    path: str | os.PathLike[str], vocab_size: int, max_length: int, *, clipping: str
+) -> torch.nn.Module:
+    """A local checkpoint (``save_pretrained`` folder) to continue training from.
+
+    Its token embeddings are resized to ``vocab_size`` when they differ (new rows are freshly
+    initialised), which is what a checkpoint without this data's ``vocab.json`` needs.
+
+    Raises:
+        InputError: the folder lacks a model config.
+        ConfigError: the checkpoint ties its embeddings while ghost clipping is asked for, or
+            has fewer positions than ``max_length``.
+    """
+    model = load_model(path)
+    model.train()
+    config = model.config
+    if getattr(config, "tie_word_embeddings", False) and clipping == "ghost":
+        raise ConfigError(
+            f"the checkpoint at {path} ties its input and output embeddings, which Opacus ghost "
+            "clipping refuses; use generate.clipping 'hooks' or 'functorch', or untie them"
+        )
+    positions = getattr(config, "max_position_embeddings", None) or getattr(
+        config, "n_positions", None
+    )
+    if positions is not None and positions < max_length:
+        raise ConfigError(
+            f"generate.max_length={max_length} exceeds the checkpoint's {positions} positions "
+            f"({path})"
+        )
+    if config.vocab_size != vocab_size:
+        logger.info(
+            "resizing the checkpoint's token embeddings from %d to %d",
+            config.vocab_size,
+            vocab_size,
+        )
+        model.resize_token_embeddings(vocab_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "loaded pretrained %s generator from %s: %d parameters", config.model_type, path, n_params
+    )
+    return model
+
+
 def position_ids_like(input_ids: torch.Tensor) -> torch.Tensor:
     """Positions ``0..T-1`` for every row, materialised per row.
 

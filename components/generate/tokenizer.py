@@ -1,13 +1,21 @@
-"""The generator's domain vocabulary: special tokens, one token per country, one per stock code.
+"""The generator's domain vocabulary: specials, conditioning tokens and one token per stock code.
 
-A customer becomes one token sequence ``[bos, <country:X>, item, item, ..., eos]``. The file
-format (``vocab.json``) is a contract with the serving side, which decodes sampled ids back into
-stock codes without torch::
+A training sequence is ``[bos, <country:X>, <month:M>, <band:B>, item, item, ..., eos]``: the
+country of the customer, the month of the sequence's first purchase, the median price band of its
+items, then the items in order of first purchase. The month and band tokens are optional parts
+of a vocabulary (an older one has neither: its sequences are ``[bos, <country:X>, items, eos]``).
+Online Retail has no product categories, so there are no category tokens.
+
+The file format (``vocab.json``) is a contract with the serving side, which decodes sampled ids
+back into stock codes without torch::
 
     {"tokens": [...], "pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3,
-     "first_item_id": K, "countries": {"France": id, ...}, "max_length": 64}
+     "first_item_id": K, "countries": {"France": id, ...},
+     "months": {"1": id, ..., "12": id}, "price_bands": {"0": id, ...}, "max_length": 64}
 
-``tokens[K:]`` are item tokens whose string is the stock code itself.
+Token ids are, in order: the four specials, the countries (sorted), the months 1..12, the price
+bands 0..B-1, then the items (sorted stock codes). ``tokens[K:]`` are the item tokens, whose string
+is the stock code itself.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.common.errors import ConfigError, InputError
@@ -24,8 +33,9 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 VOCAB_FILE = "vocab.json"
 TOKENIZER_FILE = "tokenizer.json"
-# bos, country and eos frame every sequence, so at most max_length - 3 items fit.
+# bos, country and eos frame every sequence; a conditioned vocabulary adds month and band.
 FRAME_TOKENS = 3
+MONTHS = tuple(range(1, 13))
 
 
 def country_token(country: str) -> str:
@@ -33,10 +43,58 @@ def country_token(country: str) -> str:
     return f"<country:{country}>"
 
 
-class ItemVocab:
-    """Bijection between token strings and ids for one catalogue and set of countries."""
+def month_token(month: int) -> str:
+    """The token string of a calendar month 1..12, e.g. ``<month:12>``."""
+    return f"<month:{int(month)}>"
 
-    def __init__(self, tokens: Sequence[str], countries: dict[str, int], max_length: int) -> None:
+
+def band_token(band: int) -> str:
+    """The token string of a price band, e.g. ``<band:3>``."""
+    return f"<band:{int(band)}>"
+
+
+@dataclass(frozen=True)
+class Session:
+    """One decoded sequence: its conditions (None where the vocabulary has none) and its items."""
+
+    country: str
+    items: list[str] = field(default_factory=list)
+    month: int | None = None
+    price_band: int | None = None
+
+
+def _check_group(
+    tokens: Sequence[str], group: dict[str, int], start: int, name: str, token_of
+) -> None:
+    """Check that ``group`` occupies ids ``start..start+len-1`` with the right token strings."""
+    expected = list(range(start, start + len(group)))
+    if sorted(group.values()) != expected:
+        raise InputError(
+            f"{name} ids must follow the previous token group contiguously "
+            f"(expected {expected[:3]}...), got {sorted(group.values())[:3]}...",
+            column=name,
+        )
+    for key, idx in group.items():
+        if idx >= len(tokens) or tokens[idx] != token_of(key):
+            got = tokens[idx] if idx < len(tokens) else None
+            raise InputError(
+                f"token {idx} is {got!r}, expected {token_of(key)!r}",
+                column=name,
+            )
+
+
+class ItemVocab:
+    """Bijection between token strings and ids for one catalogue, its countries and conditions."""
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        countries: dict[str, int],
+        max_length: int,
+        *,
+        months: dict[str, int] | None = None,
+        price_bands: dict[str, int] | None = None,
+    ) -> None:
         tokens = [str(t) for t in tokens]
         if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise InputError(
@@ -45,43 +103,80 @@ class ItemVocab:
             )
         if len(set(tokens)) != len(tokens):
             raise InputError("vocabulary tokens must be unique", column="tokens")
-        expected = list(range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + len(countries)))
-        if sorted(countries.values()) != expected:
-            raise InputError(
-                f"country ids must follow the special tokens contiguously ({expected[:3]}...)",
-                column="countries",
-            )
-        for country, idx in countries.items():
-            if tokens[idx] != country_token(country):
+        start = len(SPECIAL_TOKENS)
+        _check_group(tokens, countries, start, "countries", country_token)
+        start += len(countries)
+        if months is not None:
+            if sorted(int(m) for m in months) != list(MONTHS):
                 raise InputError(
-                    f"token {idx} is {tokens[idx]!r}, expected {country_token(country)!r}",
-                    column="countries",
+                    f"months must be exactly 1..12, got {sorted(months)}", column="months"
                 )
-        if max_length < FRAME_TOKENS + 1:
-            raise ConfigError(f"max_length={max_length} must be >= {FRAME_TOKENS + 1}")
+            _check_group(tokens, months, start, "months", lambda m: month_token(int(m)))
+            start += len(months)
+        if price_bands is not None:
+            if sorted(int(b) for b in price_bands) != list(range(len(price_bands))):
+                raise InputError(
+                    f"price_bands must be 0..B-1, got {sorted(price_bands)}", column="price_bands"
+                )
+            _check_group(tokens, price_bands, start, "price_bands", lambda b: band_token(int(b)))
+            start += len(price_bands)
         self.tokens = tokens
         self.countries = dict(countries)
+        self.months = None if months is None else {str(int(k)): v for k, v in months.items()}
+        self.price_bands = (
+            None if price_bands is None else {str(int(k)): v for k, v in price_bands.items()}
+        )
+        self.first_item_id = start
+        if max_length < self.frame_tokens + 1:
+            raise ConfigError(
+                f"max_length={max_length} must be >= {self.frame_tokens + 1} "
+                f"({self.frame_tokens} frame and condition tokens plus one item)"
+            )
         self.max_length = int(max_length)
-        self.first_item_id = len(SPECIAL_TOKENS) + len(countries)
         if self.first_item_id >= len(tokens):
             raise InputError("vocabulary has no item tokens", column="tokens")
         self._ids = {tok: i for i, tok in enumerate(tokens)}
         self._country_by_id = {idx: country for country, idx in countries.items()}
+        self._month_by_id = {idx: int(m) for m, idx in (self.months or {}).items()}
+        self._band_by_id = {idx: int(b) for b, idx in (self.price_bands or {}).items()}
 
     @classmethod
-    def build(cls, item_ids: Iterable[str], countries: Iterable[str], max_length: int) -> ItemVocab:
+    def build(
+        cls,
+        item_ids: Iterable[str],
+        countries: Iterable[str],
+        max_length: int,
+        *,
+        months: bool = False,
+        n_price_bands: int | None = None,
+    ) -> ItemVocab:
         """A vocabulary over ``item_ids`` (the catalogue) and ``countries``, both sorted.
 
         Sorting makes the ids a function of the sets alone, not of the row order of the input.
+        ``months`` adds the twelve month tokens, ``n_price_bands`` the band tokens 0..n-1.
         """
         country_list = sorted({str(c) for c in countries})
         items = sorted({str(i) for i in item_ids})
-        clash = set(items) & (set(SPECIAL_TOKENS) | {country_token(c) for c in country_list})
+        month_tokens = [month_token(m) for m in MONTHS] if months else []
+        band_tokens = [band_token(b) for b in range(n_price_bands or 0)]
+        reserved = set(SPECIAL_TOKENS) | {country_token(c) for c in country_list}
+        clash = set(items) & (reserved | set(month_tokens) | set(band_tokens))
         if clash:
             raise InputError(f"item ids collide with reserved tokens: {sorted(clash)[:5]}")
         start = len(SPECIAL_TOKENS)
-        tokens = [*SPECIAL_TOKENS, *(country_token(c) for c in country_list), *items]
-        return cls(tokens, {c: start + i for i, c in enumerate(country_list)}, max_length)
+        country_ids = {c: start + i for i, c in enumerate(country_list)}
+        start += len(country_list)
+        month_ids = {str(m): start + i for i, m in enumerate(MONTHS)} if months else None
+        start += len(month_tokens)
+        band_ids = {str(b): start + b for b in range(n_price_bands)} if n_price_bands else None
+        tokens = [
+            *SPECIAL_TOKENS,
+            *(country_token(c) for c in country_list),
+            *month_tokens,
+            *band_tokens,
+            *items,
+        ]
+        return cls(tokens, country_ids, max_length, months=month_ids, price_bands=band_ids)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -99,43 +194,143 @@ class ItemVocab:
     def country_ids(self) -> list[int]:
         return sorted(self.countries.values())
 
+    @property
+    def month_ids(self) -> list[int]:
+        """Ids of the month tokens (empty for a vocabulary without months)."""
+        return sorted((self.months or {}).values())
+
+    @property
+    def band_ids(self) -> list[int]:
+        """Ids of the price band tokens (empty for a vocabulary without bands)."""
+        return sorted((self.price_bands or {}).values())
+
+    @property
+    def n_price_bands(self) -> int:
+        return len(self.price_bands or {})
+
+    @property
+    def frame_tokens(self) -> int:
+        """Tokens around the items of a sequence: bos, country, [month], [band], eos."""
+        return FRAME_TOKENS + (self.months is not None) + (self.price_bands is not None)
+
+    @property
+    def max_items(self) -> int:
+        """Most items one sequence can hold."""
+        return self.max_length - self.frame_tokens
+
     def is_item(self, token_id: int) -> bool:
         return self.first_item_id <= token_id < len(self.tokens)
 
-    def encode(self, country: str, items: Sequence[str]) -> list[int]:
-        """One customer's record ``[bos, country, items..., eos]`` of at most ``max_length``.
+    def item_id(self, code: str) -> int | None:
+        """The token id of a stock code, None when it is not in the catalogue."""
+        idx = self._ids.get(str(code))
+        return idx if idx is not None and self.is_item(idx) else None
 
-        This is the contribution bound of DP training: a customer is exactly one sequence, and a
-        history longer than ``max_length - 3`` keeps its most recent items. Items outside the
-        catalogue are dropped rather than mapped to ``<unk>``, so the model never learns to emit
-        it.
+    def country_id(self, country: str) -> int:
+        """The token id of ``country``.
 
         Raises:
-            InputError: the country is not in the vocabulary.
+            InputError: the country is not in the vocabulary (the message lists the allowed ones).
         """
         if country not in self.countries:
-            raise InputError(f"country {country!r} is not in the vocabulary", column="country")
-        ids = [self._ids[i] for i in items if i in self._ids and self.is_item(self._ids[i])]
-        keep = self.max_length - FRAME_TOKENS
-        return [self._ids[BOS], self.countries[country], *ids[-keep:], self._ids[EOS]]
+            raise InputError(
+                f"country {country!r} is not in the vocabulary; allowed: {sorted(self.countries)}",
+                column="country",
+            )
+        return self.countries[country]
 
-    def decode(self, token_ids: Iterable[int]) -> tuple[str | None, list[str]]:
-        """The country and stock codes of a token sequence; specials are skipped, eos ends it."""
+    def month_id(self, month: int) -> int:
+        """The token id of calendar month ``month`` (1..12).
+
+        Raises:
+            InputError: the vocabulary has no months, or ``month`` is not 1..12.
+        """
+        if self.months is None:
+            raise InputError("this generator has no month conditioning", column="month")
+        key = str(month) if isinstance(month, int) and not isinstance(month, bool) else None
+        if key not in self.months:
+            raise InputError(f"month {month!r} is not one of 1..12", column="month")
+        return self.months[key]
+
+    def band_id(self, band: int) -> int:
+        """The token id of price band ``band`` (0..bands-1).
+
+        Raises:
+            InputError: the vocabulary has no price bands, or ``band`` is out of range.
+        """
+        if self.price_bands is None:
+            raise InputError("this generator has no price band conditioning", column="price_band")
+        key = str(band) if isinstance(band, int) and not isinstance(band, bool) else None
+        if key not in self.price_bands:
+            raise InputError(
+                f"price_band {band!r} is not one of 0..{len(self.price_bands) - 1}",
+                column="price_band",
+            )
+        return self.price_bands[key]
+
+    def encode(
+        self,
+        country: str,
+        items: Sequence[str],
+        *,
+        month: int | None = None,
+        price_band: int | None = None,
+    ) -> list[int]:
+        """One sequence ``[bos, country, [month], [band], items..., eos]`` of at most max_length.
+
+        A history longer than :attr:`max_items` keeps its most recent items. Items outside the
+        catalogue are dropped rather than mapped to ``<unk>``, so the model never learns to emit
+        it. Training always gives every condition the vocabulary has; a condition left as None
+        is left out of the record (the export's parity check encodes sequences that way).
+
+        Raises:
+            InputError: the country, month or band is not in the vocabulary.
+        """
+        head = [BOS_ID, self.country_id(country)]
+        if month is not None:
+            head.append(self.month_id(month))
+        if price_band is not None:
+            head.append(self.band_id(price_band))
+        ids = [i for i in (self.item_id(code) for code in items) if i is not None]
+        keep = self.max_length - len(head) - 1
+        return [*head, *ids[-keep:], EOS_ID]
+
+    def decode_session(self, token_ids: Iterable[int]) -> Session | None:
+        """The conditions and stock codes of a token sequence; None without a country.
+
+        Specials are skipped and eos ends the sequence; the first token of each condition group
+        wins.
+        """
         country: str | None = None
+        month: int | None = None
+        band: int | None = None
         items: list[str] = []
         for raw in token_ids:
             idx = int(raw)
             if idx == EOS_ID:
                 break
             if idx in self._country_by_id:
-                if country is None:
-                    country = self._country_by_id[idx]
+                country = self._country_by_id[idx] if country is None else country
+            elif idx in self._month_by_id:
+                month = self._month_by_id[idx] if month is None else month
+            elif idx in self._band_by_id:
+                band = self._band_by_id[idx] if band is None else band
             elif self.is_item(idx):
                 items.append(self.tokens[idx])
-        return country, items
+        if country is None:
+            return None
+        return Session(country=country, items=items, month=month, price_band=band)
+
+    def decode(self, token_ids: Iterable[int]) -> tuple[str | None, list[str]]:
+        """The country and stock codes of a token sequence; specials are skipped, eos ends it."""
+        ids = [int(i) for i in token_ids]
+        session = self.decode_session(ids)
+        if session is None:
+            return None, [self.tokens[i] for i in _until_eos(ids) if self.is_item(i)]
+        return session.country, session.items
 
     def to_dict(self) -> dict:
-        return {
+        payload = {
             "tokens": self.tokens,
             "pad_id": PAD_ID,
             "bos_id": BOS_ID,
@@ -145,6 +340,11 @@ class ItemVocab:
             "countries": self.countries,
             "max_length": self.max_length,
         }
+        if self.months is not None:
+            payload["months"] = self.months
+        if self.price_bands is not None:
+            payload["price_bands"] = self.price_bands
+        return payload
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``vocab.json`` (the contract) and a ``tokenizers`` WordLevel ``tokenizer.json``."""
@@ -164,9 +364,17 @@ class ItemVocab:
             ids = (payload["pad_id"], payload["bos_id"], payload["eos_id"], payload["unk_id"])
             if ids != (PAD_ID, BOS_ID, EOS_ID, UNK_ID):
                 raise InputError(f"special ids {ids} must be (0, 1, 2, 3)", file=str(path))
-            vocab = cls(payload["tokens"], payload["countries"], payload["max_length"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            vocab = cls(
+                payload["tokens"],
+                payload["countries"],
+                payload["max_length"],
+                months=payload.get("months"),
+                price_bands=payload.get("price_bands"),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InputError(f"malformed generator vocabulary: {exc!r}", file=str(path)) from exc
+        except InputError as exc:
+            raise InputError(f"malformed generator vocabulary: {exc}", file=str(path)) from exc
         if vocab.first_item_id != payload.get("first_item_id"):
             raise InputError(
                 f"first_item_id={payload.get('first_item_id')} disagrees with the tokens "
@@ -185,3 +393,12 @@ class ItemVocab:
         tok.pre_tokenizer = WhitespaceSplit()
         tok.add_special_tokens(list(SPECIAL_TOKENS))
         return tok
+
+
+def _until_eos(token_ids: Iterable[int]) -> list[int]:
+    out = []
+    for raw in token_ids:
+        if int(raw) == EOS_ID:
+            break
+        out.append(int(raw))
+    return out

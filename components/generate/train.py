@@ -1,10 +1,14 @@
-"""DP-SGD training of the generator with Opacus, one sequence per customer.
+"""DP-SGD training of the generator with Opacus, one row per customer.
 
-The unit of privacy is one customer. Each customer is exactly one training record of at most
-``max_length`` tokens (see :meth:`ItemVocab.encode`), Poisson sampling decides independently for
-each customer whether it joins a step, and each record's gradient is clipped to
-``dp.max_grad_norm`` before Gaussian noise is added, so the accountant's epsilon is a guarantee
-about any one customer's whole history.
+The unit of privacy is one customer. A customer gives one or more token sequences (bounded in
+number and tokens by the caller, see ``components.generate.logic.customer_records``); they are
+packed side by side into one training row, with positions restarting at 0 for each sequence.
+transformers reads the restarts as packed sequences and masks attention across them, so each
+sequence is modelled exactly as if it were alone (tested). Poisson sampling then decides
+independently for each customer (row) whether it joins a step, and each row's gradient, the
+gradient of the customer's loss summed over all their sequences, is clipped to
+``dp.max_grad_norm`` before Gaussian noise is added. The accountant's epsilon is therefore a
+guarantee about any one customer's whole contribution, however many sequences it has.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from components.common.dp import make_private, prepare_noise_only_step
 from components.common.errors import ConfigError, PrivacyError
 from components.common.privacy import PrivacyRecord, default_delta
 from components.generate.config import GenerateConfig
-from components.generate.model import position_ids_like
 from components.generate.tokenizer import PAD_ID
 
 logger = logging.getLogger(__name__)
@@ -72,24 +75,66 @@ class SequenceLoss(nn.Module):
         return per_sequence.mean()
 
 
-def pad_records(records: Sequence[Sequence[int]], max_length: int) -> torch.Tensor:
-    """Right-pad token records with ``pad_id`` into one ``[n, max_length]`` int64 tensor."""
-    out = torch.full((len(records), max_length), PAD_ID, dtype=torch.long)
-    for row, rec in enumerate(records):
-        if len(rec) > max_length:
-            raise ConfigError(f"record {row} has {len(rec)} tokens, above max_length={max_length}")
-        out[row, : len(rec)] = torch.as_tensor(rec, dtype=torch.long)
-    return out
+# A customer's records: one token sequence, or a list of them.
+CustomerRecord = Sequence[int] | Sequence[Sequence[int]]
 
 
-def _shift(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets of a right-padded batch, trimmed to its longest record."""
-    longest = int((batch != PAD_ID).sum(dim=1).max())
-    batch = batch[:, :longest]
-    # Contiguous copies: Opacus' embedding norm sampler views its input flat.
-    inputs = batch[:, :-1].contiguous()
-    targets = batch[:, 1:].masked_fill(batch[:, 1:] == PAD_ID, IGNORE).contiguous()
-    return inputs, targets
+def customer_sequences(record: CustomerRecord) -> list[list[int]]:
+    """The token sequences of one customer's record (a flat sequence is one sequence)."""
+    if len(record) and not isinstance(record[0], (list, tuple)):
+        return [[int(t) for t in record]]  # type: ignore[union-attr]
+    return [[int(t) for t in seq] for seq in record]  # type: ignore[union-attr]
+
+
+def pack_records(
+    records: Sequence[CustomerRecord], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One right-padded row per customer: inputs, next-token targets and positions.
+
+    Each of a customer's sequences ``s`` adds ``s[:-1]`` to the inputs, ``s[1:]`` to the targets
+    and positions ``0..len(s)-2``, so no target crosses from one sequence into the next. Padding
+    has input ``pad``, target ``IGNORE`` and position 0.
+
+    Returns:
+        Three ``[n_customers, width]`` int64 tensors, ``width`` the longest packed row.
+
+    Raises:
+        ConfigError: a sequence longer than ``max_length`` tokens.
+    """
+    rows = []
+    for row, record in enumerate(records):
+        inputs, targets, positions = [], [], []
+        for seq in customer_sequences(record):
+            if len(seq) > max_length:
+                raise ConfigError(
+                    f"customer record {row} has a sequence of {len(seq)} tokens, above "
+                    f"max_length={max_length}"
+                )
+            inputs.extend(seq[:-1])
+            targets.extend(seq[1:])
+            positions.extend(range(len(seq) - 1))
+        rows.append((inputs, targets, positions))
+    width = max((len(r[0]) for r in rows), default=1) or 1
+    out_inputs = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    out_targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    out_positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (inputs, targets, positions) in enumerate(rows):
+        out_inputs[row, : len(inputs)] = torch.as_tensor(inputs, dtype=torch.long)
+        out_targets[row, : len(targets)] = torch.as_tensor(targets, dtype=torch.long)
+        out_positions[row, : len(positions)] = torch.as_tensor(positions, dtype=torch.long)
+    return out_inputs, out_targets, out_positions
+
+
+def _trim(
+    inputs: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch cut to its longest real row (contiguous: Opacus views embedding inputs flat)."""
+    longest = max(int((targets != IGNORE).sum(dim=1).max()), 1)
+    return (
+        inputs[:, :longest].contiguous(),
+        targets[:, :longest].contiguous(),
+        positions[:, :longest].contiguous(),
+    )
 
 
 @contextlib.contextmanager
@@ -109,12 +154,12 @@ def _quiet_opacus() -> Iterator[None]:
 
 def train_generator(
     model: nn.Module,
-    records: Sequence[Sequence[int]],
+    records: Sequence[CustomerRecord],
     cfg: GenerateConfig,
     *,
     seed: int,
 ) -> TrainResult:
-    """Train ``model`` in place on one token record per customer.
+    """Train ``model`` in place on one record (one or more sequences) per customer.
 
     With ``cfg.dp.enabled`` this is DP-SGD: Opacus picks the noise multiplier that spends
     ``cfg.dp.target_epsilon`` over ``cfg.epochs`` at the expected batch size, and the epsilon
@@ -141,7 +186,7 @@ def train_generator(
         )
 
     torch.manual_seed(seed)
-    data = TensorDataset(pad_records(records, cfg.max_length))
+    data = TensorDataset(*pack_records(records, cfg.max_length))
     loader = DataLoader(
         data,
         batch_size=cfg.batch_size,
@@ -190,8 +235,8 @@ def train_generator(
     with _quiet_opacus():
         for epoch in range(cfg.epochs):
             total, count = 0.0, 0
-            for (batch,) in loader:
-                if batch.shape[0] == 0:
+            for batch in loader:
+                if batch[0].shape[0] == 0:
                     # Poisson sampling drew nobody. The accountant counts this step, so it must
                     # still add noise; without DP there is nothing to do.
                     empty += 1
@@ -202,8 +247,10 @@ def train_generator(
                     optimizer.zero_grad(set_to_none=True)
                     steps += 1
                     continue
-                inputs, targets = _shift(batch)
-                logits = model(input_ids=inputs, position_ids=position_ids_like(inputs)).logits
+                inputs, targets, positions = _trim(*batch)
+                # No cache: with one, transformers would not read the position restarts as
+                # packed sequences and attention would cross a customer's sequences.
+                logits = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
                 loss = criterion(logits, targets)
                 loss.backward()
                 optimizer.step()
