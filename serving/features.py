@@ -38,6 +38,8 @@ FEATURE_VIEW = "customer_history"
 JOIN_KEY = "customer_id"
 FEATURE = "recent_items"
 PUSH_SOURCE = "customer_history_push"
+# The feature service that names what the request path reads (feature_repo/features.py).
+FEATURE_SERVICE = "recommender_online_v1"
 # The features a lookup reads, and that a push writes back whole.
 FEATURES = ("recent_items", "n_items", "country", "last_purchase_at", "updated_at")
 # How many distinct items a customer's online history keeps (register_features.recent_items).
@@ -93,7 +95,6 @@ class CustomerHistory:
         try:
             self._store = FeatureStore(repo_path=str(repo_path))
             view = self._store.get_feature_view(FEATURE_VIEW)
-            push_sources = {s.name for s in self._store.list_data_sources()}
             self._online = get_online_store_from_config(self._store.config.online_store)
         except Exception as exc:  # feast raises its own *NotFound / config errors
             raise ModelLoadError(
@@ -111,10 +112,30 @@ class CustomerHistory:
                 f"feature view {FEATURE_VIEW!r} lacks the features {missing} (it has {names}); "
                 "re-run register_features with this version of feature_repo/"
             )
-        if PUSH_SOURCE not in push_sources:
+        try:
+            service = self._store.get_feature_service(FEATURE_SERVICE)
+        except Exception as exc:  # feast raises FeatureServiceNotFoundException
             raise ModelLoadError(
-                f"feature repo {repo_path} has no push source {PUSH_SOURCE!r} "
-                f"(it has {sorted(push_sources)})"
+                f"feature repo {repo_path} has no feature service {FEATURE_SERVICE!r}: {exc}"
+            ) from exc
+        served = {
+            f.name
+            for p in service.feature_view_projections
+            if p.name == FEATURE_VIEW
+            for f in p.features
+        }
+        if not served.issuperset(FEATURES):
+            raise ModelLoadError(
+                f"feature service {FEATURE_SERVICE!r} lacks {sorted(set(FEATURES) - served)} "
+                f"of {FEATURE_VIEW!r}"
+            )
+        # store.push writes to the views whose stream source is the push source
+        stream = getattr(view.stream_source, "name", None)
+        if stream != PUSH_SOURCE:
+            raise ModelLoadError(
+                f"feature view {FEATURE_VIEW!r} does not take pushes from {PUSH_SOURCE!r} "
+                f"(its stream source is {stream!r}); re-run register_features with this version "
+                "of feature_repo/"
             )
         self._view = view
         self._config = self._store.config

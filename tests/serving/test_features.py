@@ -303,6 +303,42 @@ def test_missing_repo_fails_loading(tmp_path):
         CustomerHistory(tmp_path)
 
 
+def _older_repo(repo: Path, root: Path, edit) -> Path:
+    """A copy of ``repo`` applied from edited definitions (a repo of an older feature_repo/)."""
+    from feast import FeatureStore
+
+    from components.register_features.logic import _load_definitions
+
+    old = root / "old"
+    shutil.copytree(repo, old)
+    (old / "data" / "registry.db").unlink()
+    (old / "data" / "online_store.db").unlink()
+    (old / "features.py").write_text(edit((old / "features.py").read_text()))
+    FeatureStore(repo_path=str(old)).apply(_load_definitions(old / "features.py"))
+    return old
+
+
+def test_a_repo_of_older_definitions_fails_loading_naming_what_is_missing(repo, tmp_path):
+    def without_push_and_stamps(text: str) -> str:
+        start = text.index('        Field(\n            name="last_purchase_at"')
+        end = text.index("    ],\n    source=customer_history_push")
+        text = text[:start] + text[end:]
+        return text.replace("source=customer_history_push", "source=customer_history_source")
+
+    old = _older_repo(repo[0], tmp_path, without_push_and_stamps)
+    with pytest.raises(ModelLoadError, match="lacks the features.*updated_at"):
+        CustomerHistory(old)
+
+
+def test_a_repo_without_the_push_source_fails_loading(repo, tmp_path):
+    def without_push(text: str) -> str:
+        return text.replace("source=customer_history_push", "source=customer_history_source")
+
+    old = _older_repo(repo[0], tmp_path, without_push)
+    with pytest.raises(ModelLoadError, match="does not take pushes from 'customer_history_push'"):
+        CustomerHistory(old)
+
+
 def test_lookup_latency_reports_percentiles_of_real_reads(repo):
     ids = ["17850", "00000", "14688"]
     got = lookup_latency(repo[0], ids, 30)
