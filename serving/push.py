@@ -4,8 +4,9 @@ Body: ``{"customer_id": "17850", "items": ["85123A", ...], "ts": "2011-12-09T12:
 ``ts`` is optional (default: now) and must carry a UTC offset. The purchase is handed to the
 feature store's push source (``serving.features.CustomerHistory.push_purchase``), so the next
 recommendation for that customer reads it. Answer: ``{"customer_id", "items", "ts"}`` (the
-number of items and the UTC timestamp written). Only models with a ``push_purchase`` method (the
-recommender with a feature repo, in one process or as the transformer) take pushes.
+number of items and the UTC timestamp pushed) plus what the store reports (``added``,
+``n_items``, ``history_length``, ``restarted``, ...). Only models with a ``push_purchase``
+method (the recommender with a feature repo, in one process or as the transformer) take pushes.
 """
 
 from __future__ import annotations
@@ -105,10 +106,12 @@ def purchases_endpoint(registry: Any):
                 or "none here",
             )
         customer_id, items, ts = parse_body(await request.body())
-        await asyncio.get_running_loop().run_in_executor(
+        written = await asyncio.get_running_loop().run_in_executor(
             None, model.push_purchase, customer_id, items, ts
         )
         logger.debug("pushed %d items at %s", len(items), ts.isoformat())
-        return JSONResponse({"customer_id": customer_id, "items": len(items), "ts": ts.isoformat()})
+        answer = {k: v for k, v in written.items() if isinstance(v, (str, int, float, bool))}
+        answer.update(customer_id=customer_id, items=len(items), ts=ts.isoformat())
+        return JSONResponse(answer)
 
     return purchases

@@ -518,8 +518,11 @@ class RecommenderModel(BlockingModel):
 
     # push (POST /v1/models/recommender/purchases) ----------------------------------------
 
-    def push_purchase(self, customer_id: str, items: list[str], ts: Any) -> None:
+    def push_purchase(self, customer_id: str, items: list[str], ts: Any) -> dict[str, Any]:
         """Append a purchase to the customer's online history (blocking; run in the executor).
+
+        Returns:
+            What the feature store reports about the write (JSON-able), or ``{}``.
 
         Raises:
             NotReady: no feature store, one that cannot take pushes, or a failed write.
@@ -532,13 +535,14 @@ class RecommenderModel(BlockingModel):
         if push is None:
             raise NotReady("this feature store client has no push_purchase")
         try:
-            push(customer_id, items, ts)
+            result = push(customer_id, items, ts)
         except (BadRequest, NotReady):
             raise
         except ValueError as exc:
             raise BadRequest(f"the feature store refused the purchase: {exc}") from exc
         except Exception as exc:  # sqlite/redis/feast errors surface as many types
             raise NotReady(f"the online feature store could not be written: {exc}") from exc
+        return dict(result) if isinstance(result, dict) else {}
 
     # metadata (GET /v2/models/recommender) ------------------------------------------------
 

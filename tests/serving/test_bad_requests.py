@@ -55,6 +55,21 @@ CASES = [
     ("rec-unknown-item", REC_V1, inst(items=["85123A", "NOPE1"]), 400, "instances[0].items[1]"),
     ("rec-k-zero", REC_V1, inst(user_id="1", k=0), 400, "instances[0].k"),
     ("rec-k-negative", REC_V1, inst(user_id="1", k=-2), 400, "instances[0].k"),
+    ("rec-k-minus-one", REC_V1, inst(user_id="1", k=-1), 400, "instances[0].k"),
+    ("rec-k-billion", REC_V1, inst(user_id="1", k=10**9), 400, "instances[0].k"),
+    ("rec-user-float", REC_V1, inst(user_id=17850.0), 400, "instances[0].user_id"),
+    ("rec-exclude-seen-int", REC_V1, inst(user_id="1", exclude_seen=1), 400,
+     "instances[0].exclude_seen"),
+    ("rec-exclude-seen-string", REC_V1, inst(user_id="1", exclude_seen="false"), 400,
+     "instances[0].exclude_seen"),
+    ("rec-price-band-unknown", REC_V1, inst(user_id="1", price_band=7), 400,
+     "instances[0].price_band"),
+    ("rec-price-band-negative", REC_V1, inst(user_id="1", price_band=-1), 400,
+     "instances[0].price_band"),
+    ("rec-price-band-string", REC_V1, inst(user_id="1", price_band="1"), 400,
+     "instances[0].price_band"),
+    ("rec-100k-instances", REC_V1, json.dumps({"instances": [{"user_id": "1"}] * 100_000}).encode(),
+     413, "instances"),
     ("rec-k-over-catalogue", REC_V1, inst(user_id="1", k=25), 400, "instances[0].k"),
     ("rec-k-float", REC_V1, inst(user_id="1", k=3.0), 400, "instances[0].k"),
     ("rec-k-string", REC_V1, inst(user_id="1", k="3"), 400, "instances[0].k"),
@@ -72,6 +87,19 @@ CASES = [
      "inputs[0].data"),
     ("rec-v2-wrong-dtype", REC_V2, v2(t("user_id", "INT64", [17850])), 400,
      "inputs[0].datatype"),
+    ("rec-v2-k-wrong-dtype", REC_V2, v2(t("user_id", "BYTES", ["1"]), t("k", "FP32", [3.0])), 400,
+     "inputs[1].datatype"),
+    ("rec-v2-bytes-bare-string", REC_V2, v2({"name": "user_id", "datatype": "BYTES", "shape": [1],
+     "data": "17850"}), 400, "inputs[0].data"),
+    ("rec-v2-items-bare-string", REC_V2, v2({"name": "items", "datatype": "BYTES", "shape": [1, 1],
+     "data": "85123A"}), 400, "inputs[0].data"),
+    ("rec-v2-shape-too-short", REC_V2, v2(t("user_id", "BYTES", ["1", "2", "3"], [2])), 400,
+     "inputs[0].data"),
+    ("rec-v2-ids-as-floats", REC_V2, v2(t("user_id", "BYTES", [17850.0])), 400, "inputs[0].data"),
+    ("rec-v2-exclude-seen-int", REC_V2, v2(t("user_id", "BYTES", ["1"]),
+     t("exclude_seen", "BOOL", [0])), 400, "inputs[1].data"),
+    ("rec-v2-price-band-unknown", REC_V2, v2(t("user_id", "BYTES", ["1"]),
+     t("price_band", "INT32", [9])), 400, "inputs.price_band"),
     ("rec-v2-unknown-input", REC_V2, v2(t("customer", "BYTES", ["1"])), 400, "inputs[0].name"),
     ("rec-v2-neither", REC_V2, v2(t("k", "INT32", [3])), 400, "inputs"),
     ("rec-v2-k-zero", REC_V2, v2(t("user_id", "BYTES", ["1"]), t("k", "INT32", [0])), 400,
@@ -124,11 +152,35 @@ CASES = [
     ("unknown-model-v2", ("generator", "/v2/models/nope/infer"), v2(t("n", "INT32", [1])), 404,
      "nope"),
     ("unknown-model-ready", ("generator", "/v2/models/nope/ready"), None, 404, "nope"),
+    ("unknown-model-v1-on-recommender", ("recommender", "/v1/models/recommenderx:predict"),
+     inst(user_id="1"), 404, "recommenderx"),
+    ("unknown-model-v2-on-recommender", ("recommender", "/v2/models/Recommender/infer"),
+     v2(t("user_id", "BYTES", ["1"])), 404, "Recommender"),
 ]  # fmt: skip
 
 
 def _server(servers, name: str):
     return servers.recommender if name == "recommender" else servers.generator
+
+
+def good_request(servers, name: str) -> None:
+    """A valid request to that server, answered in full: the bad one broke nothing."""
+    if name == "recommender":
+        r = httpx.post(
+            f"{servers.recommender.base}/v1/models/recommender:predict",
+            json={"instances": [{"user_id": "17850", "k": 3}]},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"][0]["items"]) == 3
+    else:
+        r = httpx.post(
+            f"{servers.generator.base}/v1/models/generator:predict",
+            json={"instances": [{"n": 2, "max_items": 3}]},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"][0]["sessions"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -146,6 +198,7 @@ def test_bad_request(servers, target, body, status, names):
     error = r.json()
     assert names in error["error"], error
     assert "Traceback" not in r.text
+    good_request(servers, name)
 
 
 def test_streamed_body_over_the_limit_is_413(servers):
