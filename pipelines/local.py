@@ -11,6 +11,7 @@ Layout of a run (everything of the run lives under ``runs/<run-id>/``)::
         recsynth-<timestamp>/    KFP's pipeline root: <task>/<output>/ for every task
         artifacts -> recsynth-<timestamp>
         report.md, report.html, metrics.json   copied from the report task
+        audit.json, audit.html                 copied from the dp-audit task
     runs/latest -> <run-id>      the newest run that finished
 
 Each step runs in a subprocess of this Python environment (``SubprocessRunner(use_venv=False)``),
@@ -54,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 REPORT_FILES = ("report.md", "report.html", "metrics.json")
+# The DP audit's verdict and page, copied beside the report so runs/latest shows them.
+AUDIT_TASK = "dp-audit"
+AUDIT_FILES = ("audit.json", "audit.html")
 LATEST = "latest"
 
 # Console names of tasks whose KFP name says little (the blocked branch's report is "report-2").
@@ -355,10 +359,15 @@ def run_local(
     report_dir = find_report_dir(artifacts_dir)
     for name in REPORT_FILES:
         shutil.copy2(report_dir / name, run_dir / name)
+    audit_dir = artifacts_dir / AUDIT_TASK / "audit"
+    for name in AUDIT_FILES:
+        if (audit_dir / name).is_file():
+            shutil.copy2(audit_dir / name, run_dir / name)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     record.update(
         status="succeeded",
         audit_passed=metrics.get("audit_passed"),
+        audit_failed_checks=[c["name"] for c in metrics.get("audit_checks", []) if not c["passed"]],
         deployed=metrics.get("deployed"),
     )
     _write_record(run_dir, record)
@@ -412,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verdict = "deployed" if result.metrics.get("deployed") else "deployment blocked by DP audit"
     print(f"[recsynth] run {result.run_id} done ({verdict})")
+    for check in result.metrics.get("audit_checks", []):
+        if not check["passed"]:
+            print(f"[recsynth] DP audit FAILED {check['name']}: {check['detail']}")
     print(f"report: {result.report_path}")
     return 0
 

@@ -38,6 +38,18 @@ RECOMMENDER_METRICS = "metrics.json"
 MODELS = ("popularity", "real_only", "real_plus_synthetic")
 METRIC_KEYS = ("hr@10", "ndcg@10")
 TRAININGS = ("generator", "recommender", "recommender_real_only")
+# Headline figures of the empirical audit (dp_audit's audit.json), absent in older audits.
+EMPIRICAL_KEYS = (
+    "accountant_epsilon",
+    "empirical_epsilon_lower_bound",
+    "mia_auc",
+    "mia_tpr_at_0.1pct_fpr",
+    "mia_tpr_at_1pct_fpr",
+    "mia_n_members",
+    "mia_n_non_members",
+    "copy_rate",
+    "copy_rate_baseline",
+)
 
 
 def _read_metrics(recommender_dir: Path) -> dict[str, dict[str, float]]:
@@ -188,6 +200,8 @@ def collect(
         "steps": steps,
         "audit_passed": bool(audit["passed"]),
         "audit_checks": audit.get("checks", []),
+        "audit_failed_checks": [c["name"] for c in audit.get("checks", []) if not c["passed"]],
+        "empirical_audit": {key: audit.get(key) for key in EMPIRICAL_KEYS},
         "deployed": deployed,
         "endpoints": _read_endpoints(deployment_dir),
     }
@@ -212,11 +226,33 @@ def _sections(cfg: ReportConfig, figures: dict[str, Any]) -> list[tuple[str, lis
         deployment = "deployed: manifests rendered, no local servers started"
     eps = figures["epsilon"]
     privacy = figures["privacy"]
+    failed = [c for c in figures["audit_checks"] if not c["passed"]]
+    verdict_rows = [["DP audit", verdict], ["deployment", deployment]]
+    verdict_rows += [[f"failed check: {c['name']}", c["detail"]] for c in failed]
+    emp = figures.get("empirical_audit") or {}
+    sample = (
+        f" ({emp['mia_n_members']} members, {emp['mia_n_non_members']} held out)"
+        if emp.get("mia_n_members") is not None
+        else ""
+    )
     return [
+        ("Verdict", ["item", "value"], verdict_rows),
         (
-            "Verdict",
-            ["item", "value"],
-            [["DP audit", verdict], ["deployment", deployment]],
+            "Empirical privacy audit",
+            ["figure", "value"],
+            [
+                ["accountant epsilon (composed)", _fmt(emp.get("accountant_epsilon"))],
+                [
+                    "empirical epsilon lower bound (95 %, canaries)",
+                    _fmt(emp.get("empirical_epsilon_lower_bound")),
+                ],
+                [f"membership attack AUC{sample}", _fmt(emp.get("mia_auc"))],
+                ["attack TPR at 0.1 % FPR", _fmt(emp.get("mia_tpr_at_0.1pct_fpr"))],
+                ["attack TPR at 1 % FPR", _fmt(emp.get("mia_tpr_at_1pct_fpr"))],
+                ["synthetic copies of training sessions", _fmt(emp.get("copy_rate"))],
+                ["same rate for held-out sessions", _fmt(emp.get("copy_rate_baseline"))],
+                ["details", "audit.html and audit.json beside this report"],
+            ],
         ),
         (
             "Recommendation quality (leave-last-out test)",
@@ -288,6 +324,11 @@ def _cell_md(value: Any) -> str:
 def render_markdown(cfg: ReportConfig, figures: dict[str, Any]) -> str:
     """The report as Markdown."""
     lines = [f"# {cfg.title}", ""]
+    if not figures["audit_passed"]:
+        failed = [c for c in figures["audit_checks"] if not c["passed"]]
+        lines += ["**DP audit FAILED: deployment blocked.**", ""]
+        lines += [f"- FAILED {c['name']}: {c['detail']}" for c in failed]
+        lines.append("")
     if figures.get("composition"):
         lines += [f"Privacy composition: {figures['composition']}.", ""]
     for heading, columns, rows in _sections(cfg, figures):
@@ -316,6 +357,11 @@ def render_html(cfg: ReportConfig, figures: dict[str, Any]) -> str:
         f"<title>{esc(cfg.title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(cfg.title)}</h1>",
     ]
+    if not figures["audit_passed"]:
+        failed = [c for c in figures["audit_checks"] if not c["passed"]]
+        parts.append('<p class="fail">DP audit FAILED: deployment blocked.</p><ul>')
+        parts += [f"<li>{esc(c['name'])}: {esc(c['detail'])}</li>" for c in failed]
+        parts.append("</ul>")
     if figures.get("composition"):
         parts.append(f"<p>Privacy composition: {esc(figures['composition'])}.</p>")
     for heading, columns, rows in _sections(cfg, figures):
