@@ -50,6 +50,8 @@ MAX_PUSH_ITEMS = 1000
 # A purchase time this far ahead of this machine's clock is refused as a clock error rather than
 # stamped into the future, where it would outlive the TTL.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+# Expired rows are reported in one warning at most this often, not once per request.
+EXPIRED_WARNING_S = 600.0
 ALLOWED_CUSTOMER_ID = "a non-empty string customer id, e.g. '17850'"
 
 
@@ -149,6 +151,9 @@ class CustomerHistory:
         )
         # A push reads the row, extends it and writes it back: one at a time in this process.
         self._push_lock = threading.Lock()
+        self._warn_lock = threading.Lock()
+        self._warned_at: float | None = None
+        self._expired_since_warning = 0
         # The first read opens the connection and imports the store's modules (~100 ms); do it
         # here so no request pays for it and a broken store fails readiness, not a request.
         try:
@@ -203,7 +208,28 @@ class CustomerHistory:
             sum(v is not None for v in out),
             expired,
         )
+        if expired:
+            self._warn_expired(expired)
         return out
+
+    def _warn_expired(self, expired: int) -> None:
+        """Say, at most every EXPIRED_WARNING_S, that rows were older than the ttl."""
+        with self._warn_lock:
+            self._expired_since_warning += expired
+            at = time.monotonic()
+            if self._warned_at is not None and at - self._warned_at < EXPIRED_WARNING_S:
+                return
+            count, self._expired_since_warning, self._warned_at = (
+                self._expired_since_warning,
+                0,
+                at,
+            )
+        logger.warning(
+            "%d customer histories were older than the ttl (%s) and served as missing; "
+            "re-run register_features, or push purchases, to refresh the online store",
+            count,
+            self.ttl,
+        )
 
     def recent_items(self, customer_ids: list[str]) -> list[list[str] | None]:
         """The recent items of each customer, oldest first; ``None`` when unknown or expired.

@@ -216,6 +216,18 @@ def test_rows_older_than_the_ttl_are_not_served(history, repo):
     assert history.histories(["15100"], now=registered + ttl + timedelta(seconds=1)) == [None]
 
 
+def test_expired_rows_are_reported_in_one_warning_without_ids(history, repo, caplog):
+    late = datetime.fromisoformat(repo[1]["registered_at"]) + timedelta(days=31)
+    history._warned_at = None
+    with caplog.at_level("WARNING", logger="serving.features"):
+        history.histories(["15100", "17850"], now=late)
+        history.histories(["15100"], now=late)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("2 customer histories were older than the ttl")
+    assert "15100" not in warnings[0] and HISTORIES["15100"][0] not in warnings[0]
+
+
 def test_an_expired_store_takes_the_anonymous_path_until_a_push(inputs, tmp_path):
     # stamped with the 2011 purchases, every history is years older than its 30-day TTL
     out, summary = build(tmp_path, inputs, history_stamp="last_purchase")
