@@ -23,9 +23,10 @@ class AuditConfig(StrictModel):
     # Guess counts tried, as fractions of the m canaries (k+ = k- = fraction * m); the best is
     # reported, each test at (1 - confidence) / len(k_fractions) so the maximum stays valid.
     k_fractions: list[float] = Field(default=[0.05, 0.1, 0.2, 0.3, 0.5], min_length=1)
-    # The membership attack passes while its AUC stays at or below this. A policy line, not a
-    # theorem: members and held-out customers are a random split of one population, so a model
-    # that does not memorise scores them alike (AUC 0.5).
+    # The membership attack fails when its AUC is above this with 95 % confidence (the AUC's
+    # lower confidence bound exceeds it). A policy line, not a theorem: members and held-out
+    # customers are a random split of one population, so a model that does not memorise scores
+    # them alike (AUC 0.5).
     mia_max_auc: float = Field(default=0.6, ge=0.5, le=1)
     # Most members scored (seeded sample) for the attack and the copy check, to bound the cost.
     mia_max_members: int = Field(default=5000, ge=10)

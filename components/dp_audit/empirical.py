@@ -68,6 +68,22 @@ def roc(member_scores: Sequence[float], non_member_scores: Sequence[float]) -> d
     return result
 
 
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUC estimate (Hanley and McNeil, 1982).
+
+    Args:
+        auc: the estimated AUC.
+        n_pos: positive samples (members).
+        n_neg: negative samples (non-members).
+    """
+    q1 = auc / (2.0 - auc)
+    q2 = 2.0 * auc * auc / (1.0 + auc)
+    var = (auc * (1.0 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (
+        n_pos * n_neg
+    )
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def _jaccard_best(query: set[str], index: dict[str, list[int]], sizes: list[int]) -> float:
     overlap: dict[int, int] = defaultdict(int)
     for item in query:

@@ -196,3 +196,9 @@ def test_short_ids_match_only_whole_strings(tmp_path: Path) -> None:
     assert [f["file"] for f in result["found"]] == ["gen/short.json"]
     assert result["found"][0]["n_ids"] == 1
     assert result["n_ids_short"] == 2
+
+
+def test_auc_standard_error_hand_computed() -> None:
+    # A = 0.5, 10 and 10 samples: Q1 = Q2 = 1/3, var = (0.25 + 2 * 9 * (1/3 - 1/4)) / 100.
+    assert empirical.auc_standard_error(0.5, 10, 10) == pytest.approx(math.sqrt(0.0175))
+    assert empirical.auc_standard_error(0.5, 1000, 1000) < empirical.auc_standard_error(0.5, 10, 10)
