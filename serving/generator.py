@@ -1,18 +1,31 @@
-"""The "generator" model: synthetic shop sessions sampled from the ONNX causal LM.
+"""The "generator" model: synthetic shop sessions sampled in numpy over ONNX Runtime.
 
-The exported model maps ``input_ids`` int64 [batch, seq] to ``logits`` float32
-[batch, seq, vocab] with no cache, so each step re-reads the whole (short) sequence; sessions
-are at most ``max_length`` tokens. Sampling runs in numpy: a sequence is
-``[bos, country, item, item, ..., eos]``; the country is the one asked for or is sampled from the
-country tokens; then item tokens or eos are sampled, with pad/bos/unk/country tokens masked and
-each item at most once per session (a session lists distinct items in order of first purchase,
-as the training data does). The ``n`` samples of one instance run as one batch.
+A session is the token sequence ``[bos, country, [month], [band], prefix..., items..., eos]``
+(month and band only where the vocabulary has them: see the conditioning contract in
+docs/serving-generator.md). Each condition is forced to the value asked for, or is sampled by the
+model among that condition's tokens only; the prefix is forced; then item tokens or eos are
+sampled with everything else masked (pad, bos, unk and condition tokens never reach the output),
+each item at most once per session, and eos only once the session holds an item.
+
+Decoding runs over ``decoder_kv.onnx`` (a key/value cache: one prefill over the left-padded
+prompts, then one decode step per token) when the export has it, and otherwise over the no-cache
+``model.onnx`` by re-running the growing sequences. Rows that finish are dropped from the batch
+(and their cache with them), so the rest decode at the batch size still running.
+
+Concurrent requests are batched: ``predict`` hands its jobs to a :class:`Batcher` that waits up
+to ``batch_wait_ms`` for more (or until ``MAX_BATCH_ROWS`` sessions are queued) and decodes them
+all in one ORT batch. Each job keeps its own random generator and draws a fixed count per step,
+so a seeded request gets the same sessions alone or batched with others.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +50,33 @@ from serving.validation import (
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "generator"
+MODEL_ONNX = "model.onnx"
+KV_ONNX = "decoder_kv.onnx"
 MAX_INSTANCES = 16
 MAX_N = 32
 MAX_ITEMS_CAP = 64
 DEFAULT_MAX_ITEMS = 20
 MAX_TEMPERATURE = 10.0
 MAX_SEED = 2**32 - 1
-INSTANCE_KEYS = ("prefix", "n", "max_items", "temperature", "top_k", "top_p", "seed", "country")
+# One decode batch holds at most this many sessions (16 instances x 32 sessions = 512 is one
+# full request); more queued requests wait for the next batch.
+MAX_BATCH_ROWS = 512
+# How long a request waits for others to share its batch. 2 ms is small against a session's
+# decode (tens of ms) and was enough to gather concurrent clients in bench/generator_speed.py.
+DEFAULT_BATCH_WAIT_MS = 2.0
+BATCH_WAIT_ENV = "RECSYNTH_GENERATOR_BATCH_WAIT_MS"
+INSTANCE_KEYS = (
+    "prefix",
+    "n",
+    "max_items",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "country",
+    "month",
+    "price_band",
+)
 
 V2_INPUTS = {
     "prefix": TensorSpec("BYTES"),
@@ -54,14 +87,36 @@ V2_INPUTS = {
     "top_p": TensorSpec("FP32"),
     "seed": TensorSpec("INT64"),
     "country": TensorSpec("BYTES"),
+    "month": TensorSpec("INT32"),
+    "price_band": TensorSpec("INT32"),
 }
 
-V2_OUTPUTS = ("items", "length", "country")
+V2_OUTPUTS = ("items", "length", "country", "month", "price_band")
+
+
+# vocabulary -------------------------------------------------------------------------------------
+
+
+def _id_group(raw: Any, name: str, path: Path) -> dict[int, int] | None:
+    """An optional ``{"1": id, ...}`` group of vocab.json as int -> id (None when absent)."""
+    if raw is None:
+        return None
+    try:
+        group = {int(k): int(v) for k, v in dict(raw).items()}
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: {name} must map integers to token ids: {exc}") from exc
+    if not group:
+        raise ModelLoadError(f"{path}: {name} is present but empty")
+    return group
 
 
 @dataclass
 class Vocab:
-    """``vocab.json`` (format in docs/serving.md and the project's common contract)."""
+    """``vocab.json`` (format in docs/serving-generator.md and the project's common contract).
+
+    ``months`` (1..12 -> id) and ``price_bands`` (0..B-1 -> id) are None for a vocabulary trained
+    without that conditioning.
+    """
 
     tokens: list[str]
     pad_id: int
@@ -71,6 +126,8 @@ class Vocab:
     first_item_id: int
     countries: dict[str, int]
     max_length: int
+    months: dict[int, int] | None = None
+    price_bands: dict[int, int] | None = None
 
     @property
     def size(self) -> int:
@@ -79,6 +136,16 @@ class Vocab:
     @property
     def n_items(self) -> int:
         return self.size - self.first_item_id
+
+    @property
+    def frame_tokens(self) -> int:
+        """Tokens around a session's items: bos, country, [month], [band], eos."""
+        return 3 + (self.months is not None) + (self.price_bands is not None)
+
+    @property
+    def max_session_items(self) -> int:
+        """Most items (prefix included) one session holds, as in the training records."""
+        return self.max_length - self.frame_tokens
 
     @classmethod
     def read(cls, path: Path) -> Vocab:
@@ -94,8 +161,10 @@ class Vocab:
                 first_item_id=int(raw["first_item_id"]),
                 countries={str(k): int(v) for k, v in dict(raw["countries"]).items()},
                 max_length=int(raw["max_length"]),
+                months=_id_group(raw.get("months"), "months", path),
+                price_bands=_id_group(raw.get("price_bands"), "price_bands", path),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelLoadError(f"{path}: missing or malformed field: {exc}") from exc
         specials = [vocab.pad_id, vocab.bos_id, vocab.eos_id, vocab.unk_id]
         if not 0 < vocab.first_item_id < vocab.size:
@@ -103,22 +172,36 @@ class Vocab:
                 f"{path}: first_item_id {vocab.first_item_id} leaves no item tokens "
                 f"in a vocabulary of {vocab.size}"
             )
-        for i in [*specials, *vocab.countries.values()]:
+        conditions = [
+            *vocab.countries.values(),
+            *(vocab.months or {}).values(),
+            *(vocab.price_bands or {}).values(),
+        ]
+        for i in [*specials, *conditions]:
             if not 0 <= i < vocab.first_item_id:
                 raise ModelLoadError(
-                    f"{path}: special/country id {i} is not below first_item_id "
+                    f"{path}: special/country/month/band id {i} is not below first_item_id "
                     f"{vocab.first_item_id}"
                 )
+        if len(set(specials + conditions)) != len(specials + conditions):
+            raise ModelLoadError(f"{path}: a special or condition token id is used twice")
         if not vocab.countries:
             raise ModelLoadError(f"{path}: no country tokens")
-        if vocab.max_length < 4:
-            raise ModelLoadError(f"{path}: max_length {vocab.max_length} is below 4")
+        if vocab.max_length < vocab.frame_tokens + 1:
+            raise ModelLoadError(
+                f"{path}: max_length {vocab.max_length} leaves no room for an item after "
+                f"{vocab.frame_tokens} frame and condition tokens"
+            )
         return vocab
 
 
 @dataclass
 class Job:
-    """One validated instance."""
+    """One validated instance: ``n`` sessions sampled with the same options.
+
+    ``country``, ``month`` and ``price_band`` are token ids (None: sampled by the model).
+    ``top_k`` None and ``top_p`` None mean off; ``temperature`` 0 is greedy.
+    """
 
     prefix: list[int]
     n: int
@@ -127,7 +210,79 @@ class Job:
     top_k: int | None
     top_p: float | None
     seed: int | None
-    country: str | None
+    country: int | None = None
+    month: int | None = None
+    price_band: int | None = None
+
+
+# sampling ---------------------------------------------------------------------------------------
+
+
+def sample_rows(
+    logits: np.ndarray,
+    allowed: np.ndarray,
+    *,
+    temperature: np.ndarray,
+    top_k: np.ndarray,
+    top_p: np.ndarray,
+    u: np.ndarray,
+) -> np.ndarray:
+    """Draw one token per row among the ``allowed`` ones, each row with its own options.
+
+    Masking first, then temperature, top-k and top-p, in that order (as transformers' generate
+    applies a logits processor before its warpers).
+
+    Args:
+        logits: float [rows, vocab], the next-token logits.
+        allowed: bool [rows, vocab]; every row has at least one True.
+        temperature: float [rows]; 0 picks the best allowed token (lowest id on ties), otherwise
+            the logits are divided by it before the softmax (any positive value is safe: the
+            maximum is subtracted first, so nothing overflows).
+        top_k: int [rows]; keep the k best allowed tokens (ties at the cut are kept); 0 = off.
+        top_p: float [rows] in (0, 1]; keep the smallest set of best tokens whose probability
+            reaches top_p (the best token always stays); 1 = off.
+        u: float [rows] uniform draws in [0, 1), one per row (unused for greedy rows).
+
+    Returns:
+        int64 [rows] token ids.
+    """
+    z = np.where(allowed, logits.astype(np.float64), -np.inf)
+    picks = np.argmax(z, axis=1).astype(np.int64)
+    hot = temperature > 0.0
+    if not hot.any():
+        return picks
+    idx = np.flatnonzero(hot)
+    z = z[idx]
+    z = (z - z.max(axis=1, keepdims=True)) / temperature[idx, None]
+    k = top_k[idx]
+    cut = np.flatnonzero(k > 0)
+    if cut.size:
+        zc = z[cut]
+        kk = np.minimum(k[cut], np.isfinite(zc).sum(axis=1))
+        kth = -np.sort(-zc, axis=1)[np.arange(cut.size), kk - 1]
+        z[cut] = np.where(zc >= kth[:, None], zc, -np.inf)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    nucleus = np.flatnonzero(top_p[idx] < 1.0)
+    if nucleus.size:
+        pn = p[nucleus]
+        order = np.argsort(-pn, axis=1, kind="stable")
+        sorted_p = np.take_along_axis(pn, order, axis=1)
+        # keep a token while the mass before it is still below top_p (so the first always stays)
+        keep_sorted = (np.cumsum(sorted_p, axis=1) - sorted_p) < top_p[idx][nucleus, None]
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=1)
+        pn = np.where(keep, pn, 0.0)
+        p[nucleus] = pn / pn.sum(axis=1, keepdims=True)
+    cdf = np.cumsum(p, axis=1)
+    draw = u[idx] * cdf[:, -1]
+    chosen = np.minimum((cdf <= draw[:, None]).sum(axis=1), p.shape[1] - 1)
+    # Rounding at the top end can land on a zero-probability token: never pick one.
+    bad = p[np.arange(idx.size), chosen] == 0.0
+    if bad.any():
+        chosen[bad] = np.argmax(p[bad], axis=1)
+    picks[idx] = chosen
+    return picks
 
 
 def sample_tokens(
@@ -139,125 +294,546 @@ def sample_tokens(
     top_p: float | None,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Draw one token per row among the ``allowed`` ones.
+    """:func:`sample_rows` with one set of options for every row and draws from ``rng``."""
+    rows = logits.shape[0]
+    return sample_rows(
+        logits,
+        allowed,
+        temperature=np.full(rows, float(temperature)),
+        top_k=np.full(rows, 0 if top_k is None else int(top_k), dtype=np.int64),
+        top_p=np.full(rows, 1.0 if top_p is None else float(top_p)),
+        u=rng.random(rows),
+    )
+
+
+# decoders: the same interface over the cache graph and the no-cache graph ----------------------
+
+
+class CachedDecoder:
+    """Prefill + decode steps over ``decoder_kv.onnx`` (format in components/export/generator.py).
 
     Args:
-        logits: float [rows, vocab], the last position's logits.
-        allowed: bool [rows, vocab]; every row has at least one True.
-        temperature: 0 picks the best allowed token (lowest id on ties); otherwise logits are
-            divided by it before the softmax.
-        top_k: keep the k best allowed tokens of each row (ties at the cut are kept).
-        top_p: keep the smallest set of best tokens whose probability reaches top_p.
-        rng: the random source.
+        session: the ORT session of the cache graph.
+        pad_id: the token left-padded prompts are filled with (masked out).
+    """
+
+    def __init__(self, session: Any, pad_id: int) -> None:
+        self.session = session
+        self.pad_id = pad_id
+        inputs = session.get_inputs()
+        self.past_names = [i.name for i in inputs[2:]]
+        self.output_names = ["logits", *[o.name for o in session.get_outputs()[1:]]]
+        shape = inputs[2].shape  # [batch, kv_heads, past, head_dim]
+        self.heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.mask = np.zeros((0, 0), np.int64)
+        self.past: list[np.ndarray] = []
+
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        """Logits [rows, vocab] after each prompt; prompts are left-padded to the longest."""
+        rows, width = len(prompts), max(len(p) for p in prompts)
+        ids = np.full((rows, width), self.pad_id, np.int64)
+        # One masked zero slot of past: the graph's past axis cannot be empty (see the export).
+        mask = np.zeros((rows, 1 + width), np.int64)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt) :] = prompt
+            mask[i, 1 + width - len(prompt) :] = 1
+        zero = np.zeros((rows, self.heads, 1, self.head_dim), np.float32)
+        return self._run(ids, mask, [zero] * len(self.past_names))
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed one token per row; logits [rows, vocab] of the next position."""
+        mask = np.concatenate([self.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
+        return self._run(tokens.astype(np.int64)[:, None], mask, self.past)
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` (finished rows leave the batch), and cache columns still in use."""
+        mask = self.mask[rows]
+        # A column masked in every remaining row (the prefill's zero slot, padding of the rows
+        # that left) changes no attention score, and positions come from the mask's cumsum.
+        first = int(np.argmax(mask.any(axis=0)))
+        self.mask = mask[:, first:]
+        self.past = [p[rows][:, :, first:] for p in self.past]
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray]) -> np.ndarray:
+        feed = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            **dict(zip(self.past_names, past, strict=True)),
+        }
+        logits, *self.past = self.session.run(self.output_names, feed)
+        self.mask = mask
+        return logits
+
+
+class FullDecoder:
+    """The same interface over the no-cache ``model.onnx``: each step re-runs every sequence.
+
+    Sequences are right-padded; under causal attention the padding after a row's last token does
+    not change its logits there, which is where each row is read.
+    """
+
+    def __init__(self, session: Any, pad_id: int) -> None:
+        self.session = session
+        self.pad_id = pad_id
+        self.seqs: list[list[int]] = []
+
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        self.seqs = [list(p) for p in prompts]
+        return self._run()
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        for seq, tok in zip(self.seqs, tokens.tolist(), strict=True):
+            seq.append(int(tok))
+        return self._run()
+
+    def keep(self, rows: np.ndarray) -> None:
+        self.seqs = [self.seqs[i] for i in rows.tolist()]
+
+    def _run(self) -> np.ndarray:
+        lengths = np.array([len(s) for s in self.seqs])
+        ids = np.full((len(self.seqs), int(lengths.max())), self.pad_id, np.int64)
+        for i, seq in enumerate(self.seqs):
+            ids[i, : len(seq)] = seq
+        logits = self.session.run(["logits"], {"input_ids": ids})[0]
+        return logits[np.arange(len(self.seqs)), lengths - 1]
+
+
+# the sampling loop ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """One job's token script: what each position after bos is (forced id or a group to sample)."""
+
+    job: Job
+    slots: list[int | np.ndarray]  # a forced token id, or a bool mask of the group to sample from
+    prompt: list[int]  # bos and the forced slots before the first sampled one
+    rng: np.random.Generator
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # global row ids
+
+
+def generate(
+    decoder: CachedDecoder | FullDecoder, vocab: Vocab, jobs: list[Job]
+) -> list[list[dict[str, Any]]]:
+    """Sample every job's ``n`` sessions in one decode batch.
 
     Returns:
-        int64 [rows] token ids.
+        Per job, ``n`` sessions ``{"country", ["month"], ["price_band"], "items"}`` (month and
+        price_band where the vocabulary has them); items are stock codes, the prefix first.
     """
-    z = np.where(allowed, logits.astype(np.float64), -np.inf)
-    if temperature == 0.0:
-        return np.argmax(z, axis=1).astype(np.int64)
-    z = z / temperature
-    if top_k is not None:
-        k = np.minimum(top_k, allowed.sum(axis=1))  # [rows]
-        kth = -np.sort(-z, axis=1)[np.arange(z.shape[0]), k - 1]
-        z = np.where(z >= kth[:, None], z, -np.inf)
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-p, axis=1, kind="stable")
-        sorted_p = np.take_along_axis(p, order, axis=1)
-        # keep a token if the mass before it is still below top_p (so the first always stays)
-        keep_sorted = (np.cumsum(sorted_p, axis=1) - sorted_p) < top_p
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=1)
-        p = np.where(keep, p, 0.0)
-        p /= p.sum(axis=1, keepdims=True)
-    cdf = np.cumsum(p, axis=1)
-    u = rng.random(p.shape[0]) * cdf[:, -1]
-    picks = (cdf < u[:, None]).sum(axis=1)
-    # Guard against rounding at the top end: never pick a zero-probability token.
-    picks = np.minimum(picks, p.shape[1] - 1)
-    bad = p[np.arange(p.shape[0]), picks] == 0.0
-    if bad.any():
-        picks[bad] = np.argmax(p[bad], axis=1)
-    return picks.astype(np.int64)
+    size = vocab.size
+    item_mask = np.zeros(size, dtype=bool)
+    item_mask[vocab.first_item_id :] = True
+
+    def group(ids: Any) -> np.ndarray:
+        mask = np.zeros(size, dtype=bool)
+        mask[list(ids)] = True
+        return mask
+
+    groups = [(vocab.countries.values(), "country")]
+    if vocab.months is not None:
+        groups.append((vocab.months.values(), "month"))
+    if vocab.price_bands is not None:
+        groups.append((vocab.price_bands.values(), "price_band"))
+    group_masks = {name: group(ids) for ids, name in groups}
+
+    # Per job: its script, its prompt (what prefill reads) and its rows of the batch.
+    plans: list[_Plan] = []
+    start = 0
+    for job in jobs:
+        slots: list[int | np.ndarray] = []
+        for _, name in groups:
+            given = getattr(job, name)
+            slots.append(group_masks[name] if given is None else int(given))
+        slots += [int(t) for t in job.prefix]
+        n_forced = next((i for i, s in enumerate(slots) if not isinstance(s, int)), len(slots))
+        plans.append(
+            _Plan(
+                job=job,
+                slots=slots,
+                prompt=[vocab.bos_id, *slots[:n_forced]],
+                rng=np.random.default_rng(job.seed),
+                rows=np.arange(start, start + job.n),
+            )
+        )
+        start += job.n
+    total = start
+
+    # Row state: the tokens each row holds after bos, items drawn, items used, finished.
+    tokens: list[list[int]] = []
+    for plan in plans:
+        tokens += [list(plan.prompt[1:]) for _ in range(plan.job.n)]
+    used = np.zeros((total, size), dtype=bool)
+    for plan in plans:
+        used[np.ix_(plan.rows, np.array(plan.job.prefix, dtype=np.int64))] = True
+    drawn = np.zeros(total, dtype=np.int64)
+    done = np.zeros(total, dtype=bool)
+    temperature = np.repeat([p.job.temperature for p in plans], [p.job.n for p in plans])
+    top_k = np.repeat([p.job.top_k or 0 for p in plans], [p.job.n for p in plans])
+    top_p = np.repeat([p.job.top_p or 1.0 for p in plans], [p.job.n for p in plans])
+    plan_of = np.repeat(np.arange(len(plans)), [p.job.n for p in plans])
+
+    live = np.arange(total)  # global ids of the rows the decoder holds, in its order
+    logits = decoder.prefill([plans[plan_of[r]].prompt for r in live.tolist()])
+    while True:
+        allowed = np.zeros((live.size, size), dtype=bool)
+        forced = np.full(live.size, -1, dtype=np.int64)
+        u = np.zeros(live.size)
+        position = {int(r): i for i, r in enumerate(live)}
+        for plan in plans:
+            local = [position[int(r)] for r in plan.rows if int(r) in position]
+            if not local:
+                continue
+            first_row = int(live[local[0]])
+            slot = len(tokens[first_row])  # rows of a job move in step until their item phase
+            if slot < len(plan.slots) and isinstance(plan.slots[slot], int):
+                forced[local] = plan.slots[slot]
+                allowed[local, plan.slots[slot]] = True  # so the sampler sees a valid row
+                continue
+            # The job draws n uniforms per sampled step whatever else is batched with it, so
+            # its seeded sessions do not depend on the other requests.
+            draws = plan.rng.random(plan.job.n)
+            u[local] = draws[[int(live[i]) - int(plan.rows[0]) for i in local]]
+            if slot < len(plan.slots):
+                allowed[local] = plan.slots[slot]
+            else:
+                rows = live[local]
+                allowed[local] = item_mask & ~used[rows]
+                # eos only once the session holds an item: an empty session is no session
+                allowed[local, vocab.eos_id] = used[rows][:, vocab.first_item_id :].any(axis=1)
+        picks = sample_rows(
+            logits,
+            allowed,
+            temperature=temperature[live],
+            top_k=top_k[live],
+            top_p=top_p[live],
+            u=u,
+        )
+        picks = np.where(forced >= 0, forced, picks)
+
+        still = np.ones(live.size, dtype=bool)
+        for i, row in enumerate(live.tolist()):
+            tok = int(picks[i])
+            plan = plans[plan_of[row]]
+            if len(tokens[row]) >= len(plan.slots):  # item phase
+                if tok == vocab.eos_id:
+                    still[i] = False
+                    done[row] = True
+                    continue
+                drawn[row] += 1
+                used[row, tok] = True
+                if drawn[row] >= plan.job.max_items:
+                    still[i] = False  # the limit ends a session as eos would, unfed
+                    done[row] = True
+            tokens[row].append(tok)
+        if not still.all():
+            live = live[still]
+            if live.size == 0:
+                break
+            decoder.keep(np.flatnonzero(still))
+        logits = decoder.step(picks[still])
+
+    return [[_session(vocab, tokens[row]) for row in plan.rows.tolist()] for plan in plans]
+
+
+def _session(vocab: Vocab, tokens: list[int]) -> dict[str, Any]:
+    """A row's tokens after bos (conditions, prefix, items; no eos) as the wire's session."""
+    at = 0
+    session: dict[str, Any] = {}
+    country_of = {i: c for c, i in vocab.countries.items()}
+    session["country"] = country_of[tokens[at]]
+    at += 1
+    if vocab.months is not None:
+        session["month"] = {i: m for m, i in vocab.months.items()}[tokens[at]]
+        at += 1
+    if vocab.price_bands is not None:
+        session["price_band"] = {i: b for b, i in vocab.price_bands.items()}[tokens[at]]
+        at += 1
+    items = tokens[at:]
+    # The masks make anything else impossible; checked so a bug cannot emit a special token.
+    if any(not vocab.first_item_id <= t < vocab.size for t in items) or len(set(items)) != len(
+        items
+    ):
+        raise RuntimeError(f"sampler produced a malformed session of {len(items)} tokens")
+    session["items"] = [vocab.tokens[t] for t in items]
+    return session
+
+
+# batching of concurrent requests ---------------------------------------------------------------
+
+
+class Batcher:
+    """Gathers the jobs of concurrent requests into one blocking decode in the executor.
+
+    A request waits at most ``max_wait_s`` for others (none when the queue already holds
+    ``max_rows`` sessions); the batch then runs while the next one gathers.
+
+    Args:
+        run: the blocking decode, jobs -> per job its sessions.
+        max_wait_s: the longest a request waits for company; 0 batches only what is queued.
+        max_rows: sessions per decode batch.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Job]], list[list[dict[str, Any]]]],
+        *,
+        max_wait_s: float,
+        max_rows: int = MAX_BATCH_ROWS,
+    ) -> None:
+        self.run = run
+        self.max_wait_s = max_wait_s
+        self.max_rows = max_rows
+        self.batches = 0  # decode batches run, for the tests and the benchmark
+        self._queue: collections.deque[tuple[list[Job], asyncio.Future]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+
+    def _rows(self) -> int:
+        return sum(j.n for jobs, _ in self._queue for j in jobs)
+
+    async def submit(self, jobs: list[Job]) -> list[list[dict[str, Any]]]:
+        """Queue ``jobs`` (one request's) and wait for their sessions."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A new event loop (a restarted server, or asyncio.run per call in a script): the
+            # event and the worker of the old one cannot be awaited here.
+            self._loop, self._wake, self._worker = loop, asyncio.Event(), None
+            self._queue.clear()
+        future: asyncio.Future = loop.create_future()
+        self._queue.append((jobs, future))
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            deadline = loop.time() + self.max_wait_s
+            while self._rows() < self.max_rows:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch, rows = [], 0
+            while self._queue and (
+                not batch or rows + sum(j.n for j in self._queue[0][0]) <= self.max_rows
+            ):
+                jobs, future = self._queue.popleft()
+                batch.append((jobs, future))
+                rows += sum(j.n for j in jobs)
+            flat = [job for jobs, _ in batch for job in jobs]
+            try:
+                results = await loop.run_in_executor(None, self.run, flat)
+            except Exception as exc:  # every request of the batch gets the same failure
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            at = 0
+            for jobs, future in batch:
+                if not future.done():  # a client that went away cancelled its future
+                    future.set_result(results[at : at + len(jobs)])
+                at += len(jobs)
+
+
+def batch_wait_from_env() -> float:
+    """``RECSYNTH_GENERATOR_BATCH_WAIT_MS`` in milliseconds (default 2; 0 turns waiting off)."""
+    raw = os.environ.get(BATCH_WAIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BATCH_WAIT_MS
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ModelLoadError(f"{BATCH_WAIT_ENV}={raw!r} is not a number of milliseconds") from exc
+    if not 0.0 <= value <= 1000.0:
+        raise ModelLoadError(f"{BATCH_WAIT_ENV}={raw!r} must be from 0 to 1000 ms")
+    return value
+
+
+# the KServe model -------------------------------------------------------------------------------
 
 
 class GeneratorModel(BlockingModel):
-    """KServe model over ``model.onnx`` + ``vocab.json``.
+    """KServe model over ``decoder_kv.onnx`` (or ``model.onnx``) + ``vocab.json``.
 
     Args:
         model_dir: ``exported/generator``.
         name: the model name on the wire.
         require_gpu: demand CUDA (``None`` reads ``RECSYNTH_REQUIRE_GPU``).
+        batch_wait_ms: how long a request waits for concurrent ones to share its decode batch
+            (``None`` reads ``RECSYNTH_GENERATOR_BATCH_WAIT_MS``, default 2).
+        use_cache: decode over the cache graph when the export has one; False forces the
+            no-cache graph (for comparisons).
     """
 
     def __init__(
-        self, model_dir: Path, *, name: str = MODEL_NAME, require_gpu: bool | None = None
+        self,
+        model_dir: Path,
+        *,
+        name: str = MODEL_NAME,
+        require_gpu: bool | None = None,
+        batch_wait_ms: float | None = None,
+        use_cache: bool = True,
     ) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.require_gpu = require_gpu
+        self.batch_wait_ms = batch_wait_ms
+        self.use_cache = use_cache
         self.vocab: Vocab | None = None
         self.version = ""
+        self.decoding = ""  # "kv-cache" or "full-sequence", once loaded
         self._session = None
+        self._kv_session = None
         self._item_index: dict[str, int] = {}
-        self._country_of_id: dict[int, str] = {}
+        self._batcher: Batcher | None = None
 
     # load ---------------------------------------------------------------------------------
 
     def load(self) -> bool:
-        """Open the vocabulary and the ONNX session; check the logits width matches.
+        """Open the vocabulary and the ONNX session(s); check the logits width matches.
 
         Raises:
             ModelLoadError: a file is missing or inconsistent, or CUDA is required but inactive.
         """
         vocab = Vocab.read(self.model_dir / "vocab.json")
-        model_path = self.model_dir / "model.onnx"
-        session = create_session(model_path, require_gpu=self.require_gpu)
-        check_io(
-            session,
-            inputs={"input_ids": "tensor(int64)"},
-            outputs={"logits": "tensor(float)"},
-            model_path=model_path,
-        )
-        probe = session.run(["logits"], {"input_ids": np.array([[vocab.bos_id]], np.int64)})[0]
-        if probe.shape != (1, 1, vocab.size):
-            raise ModelLoadError(
-                f"{model_path} returns logits of shape {probe.shape} for one token, but "
-                f"vocab.json has {vocab.size} tokens (expected (1, 1, {vocab.size}))"
-            )
+        wait_ms = batch_wait_from_env() if self.batch_wait_ms is None else self.batch_wait_ms
+        if not 0.0 <= wait_ms <= 1000.0:
+            raise ModelLoadError(f"batch_wait_ms={wait_ms} must be from 0 to 1000")
+        kv_path = self.model_dir / KV_ONNX
+        if self.use_cache and kv_path.is_file():
+            self._kv_session = self._open_cached(kv_path, vocab)
+            self.decoding = "kv-cache"
+        else:
+            self._session = self._open_full(self.model_dir / MODEL_ONNX, vocab)
+            self.decoding = "full-sequence"
         self._item_index = {
             tok: i for i, tok in enumerate(vocab.tokens) if i >= vocab.first_item_id
         }
-        self._country_of_id = {i: c for c, i in vocab.countries.items()}
         self.vocab = vocab
-        self._session = session
         self.version = model_version(self.model_dir)
+        self._batcher = Batcher(self.decode, max_wait_s=wait_ms / 1000.0)
         self.ready = True
         logger.info(
-            "generator %s ready: %d tokens (%d items, %d countries), max_length %d",
+            "generator %s ready (%s decoding, batch wait %.1f ms): %d tokens (%d items, "
+            "%d countries, months %s, price bands %s), max_length %d",
             self.version,
+            self.decoding,
+            wait_ms,
             vocab.size,
             vocab.n_items,
             len(vocab.countries),
+            "yes" if vocab.months else "no",
+            len(vocab.price_bands) if vocab.price_bands else "no",
             vocab.max_length,
         )
         return self.ready
 
+    def _open_full(self, path: Path, vocab: Vocab) -> Any:
+        session = create_session(path, require_gpu=self.require_gpu)
+        check_io(
+            session,
+            inputs={"input_ids": "tensor(int64)"},
+            outputs={"logits": "tensor(float)"},
+            model_path=path,
+        )
+        probe = session.run(["logits"], {"input_ids": np.array([[vocab.bos_id]], np.int64)})[0]
+        if probe.shape != (1, 1, vocab.size):
+            raise ModelLoadError(
+                f"{path} returns logits of shape {probe.shape} for one token, but "
+                f"vocab.json has {vocab.size} tokens (expected (1, 1, {vocab.size}))"
+            )
+        return session
+
+    def _open_cached(self, path: Path, vocab: Vocab) -> Any:
+        session = create_session(path, require_gpu=self.require_gpu)
+        inputs = session.get_inputs()
+        names = [i.name for i in inputs]
+        pasts = names[2:]
+        if names[:2] != ["input_ids", "attention_mask"] or not pasts or len(pasts) % 2:
+            raise ModelLoadError(
+                f"{path} has inputs {names}; expected input_ids, attention_mask and a key and a "
+                "value past per layer"
+            )
+        check_io(
+            session,
+            inputs={n: "tensor(int64)" for n in names[:2]} | {n: "tensor(float)" for n in pasts},
+            outputs={"logits": "tensor(float)"},
+            model_path=path,
+        )
+        shape = inputs[2].shape
+        if len(shape) != 4 or not all(isinstance(d, int) for d in (shape[1], shape[3])):
+            raise ModelLoadError(f"{path}: past shape {shape} is not [batch, heads, past, dim]")
+        probe = CachedDecoder(session, vocab.pad_id).prefill([[vocab.bos_id]])
+        if probe.shape != (1, vocab.size):
+            raise ModelLoadError(
+                f"{path} returns logits of shape {probe.shape} for one token, but "
+                f"vocab.json has {vocab.size} tokens (expected (1, {vocab.size}))"
+            )
+        return session
+
+    def decoder(self) -> CachedDecoder | FullDecoder:
+        """A fresh decoder over the loaded graph (one per decode batch: it holds the cache)."""
+        if self._kv_session is not None:
+            return CachedDecoder(self._kv_session, self.vocab.pad_id)
+        return FullDecoder(self._session, self.vocab.pad_id)
+
+    def decode(self, jobs: list[Job]) -> list[list[dict[str, Any]]]:
+        """Sample every job's sessions in one blocking decode batch."""
+        results = generate(self.decoder(), self.vocab, jobs)
+        logger.info(
+            "generate: %d jobs, %d sessions, %d items sampled",
+            len(jobs),
+            sum(len(r) for r in results),
+            sum(len(s["items"]) for r in results for s in r),
+        )
+        return results
+
     # preprocess ---------------------------------------------------------------------------
+
+    def _condition(
+        self, inst: dict[str, Any], key: str, where: str, group: dict[int, int] | None, what: str
+    ) -> int | None:
+        """The token id of an optional integer condition (month, price_band); None to sample."""
+        if key not in inst:
+            return None
+        if group is None:
+            raise BadRequest(
+                f"this generator was trained without {what} conditioning",
+                field=f"{where}.{key}",
+                value=inst[key],
+                has_value=True,
+                allowed=f"no {key} (omit the field)",
+            )
+        keys = sorted(group)
+        value = get_int(inst, key, where, lo=keys[0], hi=keys[-1])
+        if value not in group:
+            raise BadRequest(
+                f"unknown {what}",
+                field=f"{where}.{key}",
+                value=value,
+                allowed=", ".join(str(k) for k in keys),
+            )
+        return group[value]
 
     def _job(self, inst: dict[str, Any], where: str) -> Job:
         vocab = self.vocab
         reject_unknown_keys(inst, INSTANCE_KEYS, where)
-        # bos, country and eos frame a session, so at most max_length - 3 items fit, as in
-        # the generator's training records; the prefix leaves room for one sampled item.
-        max_total = vocab.max_length - 3
+        # The frame (bos, conditions, eos) and the items fill max_length, as in the generator's
+        # training records; the prefix leaves room for one sampled item.
+        max_total = vocab.max_session_items
         prefix = get_str_list(
             inst, "prefix", where, max_len=max_total - 1, allow_empty=True, default=[]
         )
-        prefix_ids = []
+        prefix_ids: list[int] = []
         for j, code in enumerate(prefix):
             if code not in self._item_index:
                 raise BadRequest(
@@ -265,6 +841,13 @@ class GeneratorModel(BlockingModel):
                     field=f"{where}.prefix[{j}]",
                     value=code,
                     allowed="a stock code in the generator's vocabulary",
+                )
+            if self._item_index[code] in prefix_ids:
+                raise BadRequest(
+                    "repeats an earlier item (a session lists each item once)",
+                    field=f"{where}.prefix[{j}]",
+                    value=code,
+                    allowed="distinct stock codes",
                 )
             prefix_ids.append(self._item_index[code])
         cap = min(MAX_ITEMS_CAP, max_total - len(prefix))
@@ -290,7 +873,9 @@ class GeneratorModel(BlockingModel):
             top_k=get_int(inst, "top_k", where, default=None, lo=1, hi=vocab.n_items),
             top_p=top_p,
             seed=get_int(inst, "seed", where, default=None, lo=0, hi=MAX_SEED),
-            country=country,
+            country=None if country is None else vocab.countries[country],
+            month=self._condition(inst, "month", where, vocab.months, "month"),
+            price_band=self._condition(inst, "price_band", where, vocab.price_bands, "price band"),
         )
 
     def _v2_instance(self, request: InferRequest) -> dict[str, Any]:
@@ -314,6 +899,14 @@ class GeneratorModel(BlockingModel):
                 inst[name] = flat[0]
         return inst
 
+    def _outputs(self) -> tuple[str, ...]:
+        """The V2 outputs this model produces (month and price_band where it has them)."""
+        vocab = self.vocab
+        skip = {"month"} if vocab is None or vocab.months is None else set()
+        if vocab is None or vocab.price_bands is None:
+            skip.add("price_band")
+        return tuple(o for o in V2_OUTPUTS if o not in skip)
+
     async def preprocess(
         self, payload: dict | InferRequest, headers: dict[str, str] | None = None
     ) -> dict[str, Any]:
@@ -332,67 +925,20 @@ class GeneratorModel(BlockingModel):
             sum(j.n for j in jobs),
             protocol,
         )
-        return {"jobs": jobs, **self.request_context(payload, V2_OUTPUTS)}
+        return {"jobs": jobs, **self.request_context(payload, self._outputs())}
 
     # predict ------------------------------------------------------------------------------
 
-    def _logits(self, seq: np.ndarray) -> np.ndarray:
-        return self._session.run(["logits"], {"input_ids": seq})[0][:, -1, :]
-
-    def _generate(self, job: Job) -> list[dict[str, Any]]:
-        vocab = self.vocab
-        rng = np.random.default_rng(job.seed)
-        n, size = job.n, vocab.size
-        opts = {"temperature": job.temperature, "top_k": job.top_k, "top_p": job.top_p}
-
-        # [bos] then the country: given, or sampled among the country tokens only
-        seq = np.full((n, 1), vocab.bos_id, dtype=np.int64)
-        if job.country is not None:
-            country_ids = np.full(n, vocab.countries[job.country], dtype=np.int64)
-        else:
-            allowed = np.zeros((n, size), dtype=bool)
-            allowed[:, list(vocab.countries.values())] = True
-            country_ids = sample_tokens(self._logits(seq), allowed, rng=rng, **opts)
-        seq = np.concatenate([seq, country_ids[:, None]], axis=1)
-        if job.prefix:
-            seq = np.concatenate([seq, np.tile(np.array(job.prefix, np.int64), (n, 1))], axis=1)
-
-        # then item tokens or eos, each item at most once per row, until eos or max_items
-        used = np.zeros((n, size), dtype=bool)
-        used[:, job.prefix] = True
-        done = np.zeros(n, dtype=bool)
-        generated: list[list[int]] = [[] for _ in range(n)]
-        for _ in range(job.max_items):
-            allowed = np.zeros((n, size), dtype=bool)
-            allowed[:, vocab.first_item_id :] = True
-            allowed &= ~used
-            # eos only once the session holds an item: an empty session is no session
-            allowed[:, vocab.eos_id] = used[:, vocab.first_item_id :].any(axis=1)
-            tokens = sample_tokens(self._logits(seq), allowed, rng=rng, **opts)
-            for row in np.flatnonzero(~done):
-                if tokens[row] == vocab.eos_id:
-                    done[row] = True
-                else:
-                    generated[row].append(int(tokens[row]))
-                    used[row, tokens[row]] = True
-            if done.all():
-                break
-            # finished rows are fed pad: the model is causal, so it cannot affect other rows
-            tokens = np.where(done, vocab.pad_id, tokens)
-            seq = np.concatenate([seq, tokens[:, None]], axis=1)
-        return [
-            {
-                "country": self._country_of_id[int(country_ids[row])],
-                "items": [vocab.tokens[i] for i in job.prefix + generated[row]],
-            }
-            for row in range(n)
-        ]
+    async def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict:
+        """Decode the request's jobs in a batch shared with concurrent requests."""
+        if self._batcher is None:
+            raise NotReady(f"model {self.name} is not loaded")
+        results = await self._batcher.submit(payload["jobs"])
+        return {**payload, "results": results}
 
     def run_batch(self, payload: dict[str, Any]) -> dict:
-        """The blocking body of ``predict`` (run in the executor), on the preprocessed payload."""
-        results = [self._generate(job) for job in payload["jobs"]]
-        logger.info("generate: %d sessions sampled", sum(len(r) for r in results))
-        return {**payload, "results": results}
+        """The blocking body of one request alone, on the preprocessed payload."""
+        return {**payload, "results": self.decode(payload["jobs"])}
 
     # postprocess --------------------------------------------------------------------------
 
@@ -424,6 +970,10 @@ class GeneratorModel(BlockingModel):
             ),
             InferOutput("country", [n], "BYTES", data=[s["country"] for s in sessions]),
         ]
+        for key in ("month", "price_band"):
+            if key in self._outputs():
+                values = np.array([s[key] for s in sessions], dtype=np.int32)
+                outputs.append(InferOutput(key, [n], "INT32", data=values))
         return self.v2_response(result, outputs)
 
     # metadata (GET /v2/models/generator) --------------------------------------------------
@@ -431,15 +981,23 @@ class GeneratorModel(BlockingModel):
     def get_input_types(self) -> list[dict]:
         """The V2 inputs, for the model metadata endpoint."""
         shapes = {"prefix": [-1]}
+        skip = set(V2_OUTPUTS) - set(self._outputs())
         return [
             {"name": name, "datatype": spec.datatype, "shape": shapes.get(name, [1])}
             for name, spec in V2_INPUTS.items()
+            if name not in skip
         ]
 
     def get_output_types(self) -> list[dict]:
         """The V2 outputs, for the model metadata endpoint."""
+        types = {
+            "items": ("BYTES", [-1, -1]),
+            "length": ("INT32", [-1]),
+            "country": ("BYTES", [-1]),
+            "month": ("INT32", [-1]),
+            "price_band": ("INT32", [-1]),
+        }
         return [
-            {"name": "items", "datatype": "BYTES", "shape": [-1, -1]},
-            {"name": "length", "datatype": "INT32", "shape": [-1]},
-            {"name": "country", "datatype": "BYTES", "shape": [-1]},
+            {"name": name, "datatype": types[name][0], "shape": types[name][1]}
+            for name in self._outputs()
         ]
