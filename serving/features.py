@@ -363,10 +363,7 @@ class CustomerHistory:
                 or not old.recent_items
                 or (self.ttl > timedelta(0) and now - old.updated_at > self.ttl)
             )
-            history = [] if restarted else list(old.recent_items)
-            seen = set(history)
-            added = [i for i in dict.fromkeys(bought) if i not in seen]
-            history = (history + added)[-HISTORY_LENGTH:]
+            history, added = extend_history([] if restarted else old.recent_items, bought)
             n_items = len(added) + (0 if restarted else old.n_items)
             # Whole seconds, as the store keeps them, and always past the stored stamp: the Redis
             # store drops a write whose event timestamp is not newer than the stored one.
@@ -409,6 +406,21 @@ class CustomerHistory:
             "last_purchase_at": last_purchase.isoformat(),
             "mode": "online",
         }
+
+
+def extend_history(
+    history: list[str], bought: list[str], limit: int = HISTORY_LENGTH
+) -> tuple[list[str], list[str]]:
+    """The history after a purchase, and the items the purchase added to it.
+
+    A history holds distinct stock codes in order of first purchase, oldest first (the contract
+    of ``customer_history:recent_items``): an item already in it keeps its place, new ones are
+    appended in the order bought, and only the last ``limit`` are kept. An item bought long ago
+    and since dropped from the window counts as new again: the online row knows no more.
+    """
+    seen = set(history)
+    added = [item for item in dict.fromkeys(bought) if item not in seen]
+    return (list(history) + added)[-limit:], added
 
 
 def lookup_latency(repo_path: Path, customer_ids: list[str], n: int) -> dict:

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from serving.errors import BadRequest, ModelLoadError
-from serving.features import HISTORY_LENGTH, CustomerHistory, lookup_latency
+from serving.features import HISTORY_LENGTH, CustomerHistory, extend_history, lookup_latency
 
 T0 = pd.Timestamp("2011-02-01 09:30", tz="UTC")
 ITEMS = [f"{84000 + i}" if i % 4 else f"{22000 + i}B" for i in range(90)]
@@ -135,6 +137,24 @@ def test_push_keeps_the_last_50_items(history):
     assert len(got) == HISTORY_LENGTH
     assert got == [*HISTORIES["12583"], "99101", "99102", "99103"][-HISTORY_LENGTH:]
     assert history.histories(["12583"])[0].n_items == HISTORY_LENGTH - 1 + 3
+
+
+@given(st.lists(st.lists(st.sampled_from([f"C{i}" for i in range(70)]), min_size=1), max_size=12))
+def test_extend_history_keeps_the_last_distinct_items_in_first_purchase_order(purchases):
+    # Reference: the distinct codes of all purchases in order of first appearance, last 50 of
+    # them, for purchases whose items never fell out of the window.
+    history: list[str] = []
+    total = 0
+    for bought in purchases:
+        before = set(history)
+        history, added = extend_history(history, bought)
+        assert added == [c for c in dict.fromkeys(bought) if c not in before]
+        total += len(added)
+        assert len(history) == len(set(history)) <= HISTORY_LENGTH
+        assert history[-len(added) :] == added[-HISTORY_LENGTH:] or not added
+    everything = list(dict.fromkeys(c for bought in purchases for c in bought))
+    if total == len(everything):
+        assert history == everything[-HISTORY_LENGTH:]
 
 
 def test_pushes_in_one_second_are_all_kept_and_stamped_in_order(history):
