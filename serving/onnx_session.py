@@ -66,6 +66,11 @@ def create_session(
     options = ort.SessionOptions()
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
+        if intra_op_threads == 1:
+            # Concurrency comes from requests in the executor's threads; a spinning intra-op pool
+            # per call would only fight them for the cores.
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all RuntimeError

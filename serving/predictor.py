@@ -22,7 +22,7 @@ from serving.base import BlockingModel
 from serving.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge
 from serving.kserve_compat import InferOutput, InferRequest, InferResponse
 from serving.onnx_session import check_io, create_session
-from serving.recommender import MAX_INSTANCES, MODEL_NAME, Catalogue
+from serving.recommender import MAX_INSTANCES, MODEL_NAME, ORT_THREADS, Catalogue
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class ScoresModel(BlockingModel):
         """
         catalogue = Catalogue.read(self.model_dir / "catalogue.json")
         model_path = self.model_dir / "model.onnx"
-        session = create_session(model_path, require_gpu=self.require_gpu)
+        session = create_session(
+            model_path, require_gpu=self.require_gpu, intra_op_threads=ORT_THREADS
+        )
         check_io(
             session,
             inputs={INPUT: "tensor(int64)"},

@@ -46,6 +46,11 @@ DEFAULT_K = 10
 # A session longer than this is a client bug; the model reads only the last max_history anyway.
 MAX_SESSION_ITEMS = 1000
 FALLBACK_POPULARITY = "popularity"
+# ORT threads per scoring call. A request scores one small batch (~1 ms); several requests run
+# at once in the executor, so one thread each keeps the cores busy without oversubscribing them
+# (bench/serving.py: with ORT's default pool, 8 concurrent clients of the predictor got ~4x the
+# p50 latency of one thread per call on the 2-core machine).
+ORT_THREADS = 1
 
 V2_INPUTS = {
     "user_id": TensorSpec("BYTES"),
@@ -231,7 +236,9 @@ class RecommenderModel(BlockingModel):
 
     def _open_session(self, catalogue: Catalogue):
         model_path = self.model_dir / "model.onnx"
-        session = create_session(model_path, require_gpu=self.require_gpu)
+        session = create_session(
+            model_path, require_gpu=self.require_gpu, intra_op_threads=ORT_THREADS
+        )
         check_io(
             session,
             inputs={"item_ids": "tensor(int64)"},
