@@ -362,9 +362,10 @@ def _quality(
         max_items=vocab.max_items,
         seed=seed,
     )
-    report["wall_s"] = round(time.perf_counter() - started, 3)
     quality.write(out_dir, report)
-    return quality.headline(report)
+    headline = quality.headline(report)
+    headline["wall_s"] = round(time.perf_counter() - started, 3)  # figures, plots and files
+    return headline
 
 
 def run(
@@ -456,7 +457,7 @@ def run(
         atomic_dir(synthetic_dir) as synthetic_tmp,
     ):
         train_started = time.perf_counter()
-        result = train_generator(model, records, cfg, seed=seed)
+        result = train_generator(model, records, cfg, seed=seed, first_item_id=vocab.first_item_id)
         train_wall = time.perf_counter() - train_started
         model.save_pretrained(model_tmp)
         vocab.save(model_tmp)
@@ -473,6 +474,7 @@ def run(
                 cfg.n_synthetic,
                 seed=seed,
                 temperature=cfg.temperature,
+                condition_temperature=cfg.condition_temperature,
                 top_k=cfg.top_k,
                 top_p=cfg.top_p,
                 batch_size=cfg.sample_batch_size,

@@ -26,6 +26,8 @@ n              0 gives no sessions; negative or not an integer is an error
 temperature    0 is greedy decoding (the most likely allowed token, lowest id on ties); any
                finite value above 0 divides the logits (large values approach uniform over the
                allowed tokens); negative, NaN or infinite is an error
+condition_     the temperature of the sampled conditions (country, month, band); None is
+temperature    ``temperature``; same meanings and errors
 top_k          None or 0 is off; k >= 1 keeps the k most likely allowed tokens (k above their
                number keeps them all); negative is an error
 top_p          None or 1 is off; p in (0, 1) keeps the smallest set of most likely tokens whose
@@ -71,6 +73,7 @@ def check_sampling_params(
     top_p: float | None,
     max_items: int | None,
     batch_size: int,
+    condition_temperature: float | None = None,
 ) -> int:
     """Check the numeric sampling parameters; return the effective ``max_items``.
 
@@ -82,6 +85,15 @@ def check_sampling_params(
         problems.append(f"n={n!r} must be an integer >= 0")
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
         problems.append(f"temperature={temperature!r} must be a finite number >= 0 (0 is greedy)")
+    if condition_temperature is not None and (
+        not _is_real(condition_temperature)
+        or not math.isfinite(condition_temperature)
+        or condition_temperature < 0
+    ):
+        problems.append(
+            f"condition_temperature={condition_temperature!r} must be a finite number >= 0 "
+            "(None: the same as temperature)"
+        )
     if top_k is not None and (not _is_int(top_k) or top_k < 0):
         problems.append(f"top_k={top_k!r} must be an integer >= 0 (0 or None is off)")
     if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
@@ -185,6 +197,7 @@ def sample_sessions(
     top_k: int | None = None,
     top_p: float | None = None,
     max_items: int | None = None,
+    condition_temperature: float | None = None,
     country: str | None = None,
     month: int | None = None,
     price_band: int | None = None,
@@ -208,6 +221,7 @@ def sample_sessions(
         top_p=top_p,
         max_items=max_items,
         batch_size=batch_size,
+        condition_temperature=condition_temperature,
     )
     # The condition groups in sequence order, each with its forced id or None (sampled).
     groups: list[tuple[str, list[int], int | None]] = [
@@ -242,6 +256,9 @@ def sample_sessions(
                 max_items=limit,
                 item_ok=item_ok,
                 temperature=temperature,
+                condition_temperature=(
+                    temperature if condition_temperature is None else condition_temperature
+                ),
                 top_k=top_k,
                 top_p=top_p,
                 no_repeat_items=no_repeat_items,
@@ -278,6 +295,7 @@ def _sample_batch(
     max_items: int,
     item_ok: torch.Tensor,
     temperature: float,
+    condition_temperature: float,
     top_k: int | None,
     top_p: float | None,
     no_repeat_items: bool,
@@ -305,8 +323,9 @@ def _sample_batch(
     drawn: list[torch.Tensor] = []
     for _, ids, forced in groups:
         if forced is None:
-            probs = _tempered(logits, _mask(vocab, ids).expand(rows, -1), temperature)
-            token = _choose(probs, temperature, generator, top_k, top_p)
+            allowed = _mask(vocab, ids).expand(rows, -1)
+            probs = _tempered(logits, allowed, condition_temperature)
+            token = _choose(probs, condition_temperature, generator, top_k, top_p)
         else:
             token = torch.full((rows,), forced, dtype=torch.long)
         drawn.append(token)

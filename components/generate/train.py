@@ -30,11 +30,12 @@ from components.common.dp import make_private, prepare_noise_only_step
 from components.common.errors import ConfigError, PrivacyError
 from components.common.privacy import PrivacyRecord, default_delta
 from components.generate.config import GenerateConfig
-from components.generate.tokenizer import PAD_ID
+from components.generate.tokenizer import EOS_ID, PAD_ID, SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 
 IGNORE = -100  # target id that cross-entropy skips: padding after eos
+FIRST_CONDITION_ID = len(SPECIAL_TOKENS)  # condition tokens follow the specials
 LOG_EVERY = 10  # steps between progress lines
 
 
@@ -51,23 +52,55 @@ class TrainResult:
 
 
 class SequenceLoss(nn.Module):
-    """Cross-entropy averaged over each sequence's real tokens, then over the batch.
+    """Weighted cross-entropy over each row's (customer's) real tokens, then over the batch.
 
-    With ``reduction="none"`` it returns one loss per sequence, which is what Opacus' ghost
-    clipping needs: the privacy unit is the whole sequence (one customer), not a token.
+    Each target token weighs 1, except condition targets (country, month, band: ids
+    ``FIRST_CONDITION_ID`` up to ``first_item_id - 1``), which weigh ``condition_weight``, and
+    eos, which weighs ``eos_weight``. A row's loss is the weighted mean over its targets.
+
+    Why weights: DP-SGD clips each customer's gradient to the same norm, so what a customer
+    teaches is the direction of its gradient, in which one country target among ~35 item
+    targets is a small share; under the noise the model then learns little beyond "mostly the
+    largest country". Weighting the few condition targets up gives them a fixed share of every
+    customer's clipped gradient. The same per-customer normalisation makes a short sequence's
+    eos weigh more than a long one's items, so an unweighted model ends sessions early;
+    ``eos_weight`` below 1 counters that. Neither changes the privacy guarantee: any loss of a
+    customer's own data is clipped as one unit.
+
+    With ``reduction="none"`` it returns one loss per row, which is what Opacus' ghost clipping
+    needs: the privacy unit is the whole row (one customer), not a token.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        first_item_id: int | None = None,
+        condition_weight: float = 1.0,
+        eos_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.reduction = "mean"
+        self.first_item_id = first_item_id
+        self.condition_weight = float(condition_weight)
+        self.eos_weight = float(eos_weight)
+
+    def token_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """The weight of each target (0 at padding)."""
+        weights = (targets != IGNORE).float()
+        if self.first_item_id is not None and self.condition_weight != 1.0:
+            is_condition = (targets >= FIRST_CONDITION_ID) & (targets < self.first_item_id)
+            weights = torch.where(is_condition, weights * self.condition_weight, weights)
+        if self.eos_weight != 1.0:
+            weights = torch.where(targets == EOS_ID, weights * self.eos_weight, weights)
+        return weights
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         batch, length, vocab = logits.shape
         per_token = F.cross_entropy(
             logits.reshape(-1, vocab), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
         ).view(batch, length)
-        n_real = (targets != IGNORE).sum(dim=1).clamp(min=1)
-        per_sequence = per_token.sum(dim=1) / n_real
+        weights = self.token_weights(targets)
+        per_sequence = (per_token * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-12)
         if self.reduction == "none":
             return per_sequence
         if self.reduction == "sum":
@@ -158,6 +191,7 @@ def train_generator(
     cfg: GenerateConfig,
     *,
     seed: int,
+    first_item_id: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on one record (one or more sequences) per customer.
 
@@ -194,7 +228,11 @@ def train_generator(
         generator=torch.Generator().manual_seed(seed),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    criterion: nn.Module = SequenceLoss()
+    criterion: nn.Module = SequenceLoss(
+        first_item_id=first_item_id,
+        condition_weight=cfg.condition_loss_weight,
+        eos_weight=cfg.eos_loss_weight,
+    )
     model.train()
     engine = None
     noise = 0.0

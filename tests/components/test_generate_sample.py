@@ -18,6 +18,16 @@ COUNTRIES = ["France", "Germany", "United Kingdom"]
 MAX_LENGTH = 16
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Decode on one torch thread, as the step does: small matmuls, and a contended second
+    thread on a shared machine made decoding several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def vocab() -> ItemVocab:
     return ItemVocab.build(CODES, COUNTRIES, MAX_LENGTH, months=True, n_price_bands=3)
@@ -154,6 +164,17 @@ def test_huge_temperature_approaches_uniform(model, vocab) -> None:
     assert max(months.values()) < 3 * 300 / 12
 
 
+def test_condition_temperature_softens_only_the_conditions(model, vocab) -> None:
+    sessions = sample_sessions(model, vocab, 120, seed=3, temperature=0, condition_temperature=1e6)
+    assert len({s.month for s in sessions}) > 6  # conditions drawn near uniformly
+    by_context = {}
+    for s in sessions:
+        by_context.setdefault((s.country, s.month, s.price_band), set()).add(tuple(s.items))
+    assert all(len(v) == 1 for v in by_context.values())  # items greedy given the conditions
+    greedy = sample_sessions(model, vocab, 5, seed=3, temperature=0, condition_temperature=0)
+    assert len({(s.country, s.month, s.price_band) for s in greedy}) == 1
+
+
 def test_n_zero_gives_nothing(model, vocab) -> None:
     assert sample_sessions(model, vocab, 0, seed=0) == []
 
@@ -173,6 +194,8 @@ def test_n_zero_gives_nothing(model, vocab) -> None:
         ({"max_items": 12}, "max_items"),  # above the 11 items a 16-token sequence holds
         ({"batch_size": 0}, "batch_size"),
         ({"n": -1}, "n"),
+        ({"condition_temperature": -1.0}, "condition_temperature"),
+        ({"condition_temperature": float("nan")}, "condition_temperature"),
     ],
 )
 def test_degenerate_numeric_parameters_are_config_errors(model, vocab, params, field) -> None:

@@ -1,0 +1,299 @@
+"""Generator benchmark: quality at epsilon 1, 4, 8 and without DP, and the cost of DP-SGD.
+
+``python -m bench.generator`` (``make bench-generator``):
+
+1. ingests the bundled Online Retail sample with the demo's ingest settings;
+2. trains the demo generator (configs/demo.yaml's generate section) at each target epsilon and
+   once without DP, and reads each run's quality report (synthetic/quality.json: fidelity,
+   utility, privacy against the customers held out of training);
+3. times DP-SGD steps (Opacus, the configured clipping) against non-private steps of the same
+   model on the same fixed batch of real records, each mode in its own fresh process so that its
+   peak resident memory is its own;
+4. adds GENX's ``tokens_per_s`` (ONNX against torch generate) from
+   ``bench.generator_speed.measure`` when that module is there;
+
+then prints one table and writes ``bench/results/generator.json`` (keys ``quality`` per
+epsilon, ``dp_step_ratio``, ``dp_step`` details with peak memory, ``tokens_per_s``).
+
+``--quick`` trains one epoch on 1,000 synthetic sessions per setting (a smoke run of the whole
+bench, not figures to publish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "generator.json"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+EPSILONS: tuple[float | None, ...] = (1.0, 4.0, 8.0, None)  # None: trained without DP
+STEP_REPEATS = 6  # timed steps per mode, after one warm-up step
+TABLE_KEYS = (
+    ("jsd_item_popularity", "JSD item"),
+    ("jsd_length", "JSD len"),
+    ("jsd_country", "JSD ctry"),
+    ("jsd_month", "JSD month"),
+    ("transition_recall", "trans rec"),
+    ("catalogue_coverage", "cat cov"),
+    ("mean_length", "mean len"),
+    ("top_country_share", "top ctry"),
+    ("hr@10_synthetic_only", "HR syn"),
+    ("hr@10_real_only", "HR real"),
+    ("exact_copy_rate_train", "exact tr"),
+    ("exact_copy_rate_held_out", "exact ho"),
+    ("near_copy_rate_train", "near tr"),
+    ("near_copy_rate_held_out", "near ho"),
+)
+
+
+def _label(epsilon: float | None) -> str:
+    return "no_dp" if epsilon is None else f"eps_{epsilon:g}"
+
+
+def _configs(quick: bool) -> tuple[Any, Any]:
+    from components.common.config import load_config
+
+    cfg = load_config(DEMO_CONFIG)
+    gen = cfg.generate
+    if quick:
+        gen = gen.model_copy(update={"epochs": 1, "n_synthetic": 1000})
+    return cfg.ingest, gen
+
+
+def _generate_config(base: Any, epsilon: float | None) -> Any:
+    from components.generate.config import GenerateConfig
+
+    raw = base.model_dump()
+    raw["dp"]["enabled"] = epsilon is not None
+    if epsilon is not None:
+        raw["dp"]["target_epsilon"] = epsilon
+    return GenerateConfig.model_validate(raw)
+
+
+def _quality_run(cleaned: Path, work: Path, raw: dict[str, Any], epsilon: float | None, seed: int):
+    """One setting (runs in a worker process): train, sample, and read the quality headline."""
+    from components.generate import logic
+    from components.generate.config import GenerateConfig
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(message)s")
+    cfg = _generate_config(GenerateConfig.model_validate(raw), epsilon)
+    label = _label(epsilon)
+    started = time.perf_counter()
+    summary = logic.run(
+        cfg, cleaned, work / label / "generator_model", work / label / "synthetic", seed=seed
+    )
+    headline = dict(summary["quality"] or {})
+    headline["top_country_share"] = summary["synthetic_top_country_share"]
+    return label, {
+        "target_epsilon": epsilon,
+        "epsilon": summary["epsilon"],
+        "delta": summary["delta"],
+        "n_customers": summary["n_customers"],
+        "steps": summary["steps"],
+        "noise_multiplier": summary["noise_multiplier"],
+        "final_train_loss": summary["final_train_loss"],
+        "train_wall_s": summary["train_wall_s"],
+        "wall_s": round(time.perf_counter() - started, 1),
+        **headline,
+    }
+
+
+def quality_runs(cleaned: Path, work: Path, base: Any, *, seed: int, jobs: int) -> dict[str, Any]:
+    """Train and sample at every epsilon (``jobs`` at a time, one torch thread each)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    raw = base.model_dump(mode="json")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(_quality_run, cleaned, work, raw, eps, seed) for eps in EPSILONS]
+        done = dict(f.result() for f in futures)
+    return {_label(eps): done[_label(eps)] for eps in EPSILONS}
+
+
+def _step_worker(args: argparse.Namespace) -> None:
+    """Child process: time ``STEP_REPEATS`` training steps of one mode; print JSON."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from components.common.dp import make_private
+    from components.generate.config import GenerateConfig
+    from components.generate.model import build_model
+    from components.generate.train import SequenceLoss, _quiet_opacus, _trim, pack_records
+
+    payload = json.loads(Path(args.step_worker).read_text())
+    cfg = GenerateConfig.model_validate(payload["cfg"])
+    torch.set_num_threads(cfg.num_threads or torch.get_num_threads())
+    torch.manual_seed(0)
+    records = payload["records"]
+    batch = _trim(*pack_records(records, cfg.max_length))
+    model = build_model(cfg.architecture, cfg.size, payload["vocab_size"], cfg.max_length)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    criterion: Any = SequenceLoss(
+        first_item_id=payload["first_item_id"],
+        condition_weight=cfg.condition_loss_weight,
+        eos_weight=cfg.eos_loss_weight,
+    )
+    if payload["mode"] == "dp":
+        loader = DataLoader(TensorDataset(*batch), batch_size=len(records))
+        with _quiet_opacus():
+            _, model, optimizer, criterion, _ = make_private(
+                model=model,
+                optimizer=optimizer,
+                criterion=criterion,
+                loader=loader,
+                dp=cfg.dp,
+                delta=1e-5,
+                epochs=cfg.epochs,
+                grad_sample_mode=cfg.clipping,
+            )
+    model.train()
+    inputs, targets, positions = batch
+    times = []
+    with _quiet_opacus():
+        for _ in range(STEP_REPEATS + 1):
+            started = time.perf_counter()
+            logits = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
+            loss = criterion(logits, targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - started)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    timed = sorted(times[1:])
+    print(json.dumps({"step_s": timed[len(timed) // 2], "peak_rss_mib": peak_kib / 1024}))
+
+
+def dp_step_cost(cleaned: Path, base: Any, work: Path, *, batch_size: int) -> dict[str, Any]:
+    """Median step time and peak RSS of DP-SGD and of non-private training, same batch."""
+    from components.generate import logic
+    from components.generate.tokenizer import ItemVocab
+
+    sequences, catalogue = logic.read_sequences(cleaned, with_ts=True)
+    bands = logic.read_price_bands(cleaned)
+    train_part = logic.training_histories(sequences)
+    vocab = ItemVocab.build(
+        catalogue,
+        train_part["country"],
+        base.max_length,
+        months=base.condition_month,
+        n_price_bands=max(bands.values()) + 1,
+    )
+    records = logic.customer_records(train_part, vocab, bands=bands)[:batch_size]
+    out: dict[str, Any] = {"batch_size": len(records), "repeats": STEP_REPEATS}
+    for mode in ("non_private", "dp"):
+        spec = work / f"step-{mode}.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "mode": mode,
+                    "cfg": base.model_dump(mode="json"),
+                    "records": records,
+                    "vocab_size": len(vocab),
+                    "first_item_id": vocab.first_item_id,
+                }
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.generator", "--step-worker", str(spec)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        out[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["clipping"] = base.clipping
+    out["dp_step_ratio"] = out["dp"]["step_s"] / out["non_private"]["step_s"]
+    return out
+
+
+def tokens_per_s(work: Path) -> dict[str, Any] | None:
+    """GENX's ONNX-versus-torch decoding speed, when bench.generator_speed exists."""
+    if importlib.util.find_spec("bench.generator_speed") is None:
+        logger.info("bench.generator_speed is not there: tokens_per_s left out")
+        return None
+    from bench import generator_speed
+
+    return generator_speed.measure(work_dir=work)
+
+
+def _table(quality: dict[str, Any]) -> str:
+    header = f"{'setting':<8} {'eps':>6} " + " ".join(f"{name:>9}" for _, name in TABLE_KEYS)
+    lines = [header, "-" * len(header)]
+    for label, row in quality.items():
+        eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
+        cells = []
+        for key, _ in TABLE_KEYS:
+            value = row.get(key)
+            cells.append(f"{'n/a':>9}" if value is None else f"{value:>9.4f}")
+        lines.append(f"{label:<8} {eps:>6} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one epoch, 1,000 sessions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="settings trained at once")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--step-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.step_worker:
+        _step_worker(args)
+        return 0
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(message)s")
+
+    from components.ingest import logic as ingest
+
+    started = time.perf_counter()
+    ingest_cfg, base = _configs(args.quick)
+    with tempfile.TemporaryDirectory(prefix="bench-generator-") as tmp:
+        work = Path(tmp)
+        cleaned = work / "cleaned"
+        ingest.run(ingest_cfg, "bundled", cleaned)
+        quality = quality_runs(cleaned, work, base, seed=args.seed, jobs=args.jobs)
+        step = dp_step_cost(cleaned, base, work, batch_size=base.batch_size)
+        speed = tokens_per_s(work)
+    result = {
+        "dataset": "online_retail (bundled sample, demo ingest settings)",
+        "config": "configs/demo.yaml generate section" + (" (--quick)" if args.quick else ""),
+        "quick": args.quick,
+        "seed": args.seed,
+        "jobs": args.jobs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "quality": quality,
+        "dp_step_ratio": round(step["dp_step_ratio"], 3),
+        "dp_step": step,
+        "tokens_per_s": speed,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(_table(quality))
+    print(
+        f"DP-SGD step {step['dp']['step_s'] * 1000:.0f} ms vs non-private "
+        f"{step['non_private']['step_s'] * 1000:.0f} ms: ratio {step['dp_step_ratio']:.2f} "
+        f"(target <= 2.5); peak RSS {step['dp']['peak_rss_mib']:.0f} MiB vs "
+        f"{step['non_private']['peak_rss_mib']:.0f} MiB; batch {step['batch_size']}"
+    )
+    if speed is None:
+        print("tokens_per_s: bench.generator_speed not available")
+    print(f"wrote {args.out} in {result['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
