@@ -5,6 +5,12 @@ means a misspelt field is a Python error here, not a rejected apply on the clust
 checks any parsed manifest against those models (:func:`model_problems`), which the manifest tests
 use on every kustomize overlay.
 
+The recommender runs as KServe's two components, as issue 6 asks: ``spec.transformer`` (Feast
+lookup, validation, ranking: ``python -m serving --role transformer``) in front of
+``spec.predictor`` (bare ONNX scoring: ``--role predictor``), talking V2 over HTTP; the generator
+is a predictor alone. Every container carries ``RECSYNTH_VARIANT`` (``canary`` for the rollout
+and rollback renders, ``stable`` for promote and the base), which every answer and metric names.
+
 Three variants of each InferenceService are rendered for the A/B rollout:
 
 - the rollout itself: ``canaryTrafficPercent`` sends that share of traffic to this run's revision,
@@ -31,6 +37,7 @@ from kserve import (
     V1beta1ModelFormat,
     V1beta1ModelSpec,
     V1beta1PredictorSpec,
+    V1beta1TransformerSpec,
 )
 from kubernetes import client
 
@@ -52,6 +59,13 @@ FEATURE_REGISTRY_MOUNT = "/var/lib/recsynth/feature-store"
 MODELS_PVC = "recsynth-models"
 # Same-namespace short name of the Redis Service, so every overlay's namespace works unchanged.
 REDIS_ADDRESS = "recsynth-redis:6379"
+# Where the transformer finds the export's catalogue.json (KServe's storageUris download).
+TRANSFORMER_MODEL_MOUNT = "/mnt/models"
+# KServe appends --predictor_host=<isvc>-predictor.<namespace> to a transformer's arguments; this
+# same-namespace default (the Knative Service KServe creates) is what it means without them.
+PREDICTOR_HOST_DEFAULT = "recsynth-recommender-predictor"
+VARIANT_ENV = "RECSYNTH_VARIANT"
+STABLE, CANARY = "stable", "canary"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 _LABELS = {
@@ -81,6 +95,16 @@ _RESOURCES: dict[Model, dict[str, dict[str, str]]] = {
         "requests": {"cpu": "500m", "memory": "1Gi"},
         "limits": {"cpu": "2", "memory": "3Gi"},
     },
+}
+# The recommender's predictor holds only the ONNX session; feast and its client live in the
+# transformer, which needs no GPU.
+_PREDICTOR_ONLY_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"cpu": "2", "memory": "1Gi"},
+}
+_TRANSFORMER_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"cpu": "2", "memory": "2Gi"},
 }
 
 
@@ -113,10 +137,122 @@ def _probe(path: str, *, initial_delay_s: int, period_s: int) -> k8s_models.V1Pr
     )
 
 
+def _feast_mounts() -> tuple[list[Any], list[Any], list[Any]]:
+    """(env, volume mounts, volumes) that give a container the cluster's Feast repo."""
+    env = [
+        # feature_store.yaml (ConfigMap recsynth-feast-config) expands this when feast loads it.
+        k8s_models.V1EnvVar(name="RECSYNTH_REDIS_CONNECTION_STRING", value=REDIS_ADDRESS)
+    ]
+    mounts = [
+        k8s_models.V1VolumeMount(
+            name="feast-config", mount_path=FEATURE_REPO_MOUNT, read_only=True
+        ),
+        k8s_models.V1VolumeMount(
+            name="feature-registry",
+            mount_path=FEATURE_REGISTRY_MOUNT,
+            sub_path="feature-store",
+            read_only=True,
+        ),
+    ]
+    volumes = [
+        k8s_models.V1Volume(
+            name="feast-config",
+            config_map=k8s_models.V1ConfigMapVolumeSource(name="recsynth-feast-config"),
+        ),
+        k8s_models.V1Volume(
+            name="feature-registry",
+            persistent_volume_claim=k8s_models.V1PersistentVolumeClaimVolumeSource(
+                claim_name=MODELS_PVC, read_only=True
+            ),
+        ),
+    ]
+    return env, mounts, volumes
+
+
+def _tmp_volume() -> tuple[Any, Any]:
+    return (
+        k8s_models.V1VolumeMount(name="tmp", mount_path="/tmp"),
+        k8s_models.V1Volume(name="tmp", empty_dir=k8s_models.V1EmptyDirVolumeSource()),
+    )
+
+
+def transformer_spec(
+    cfg: DeployConfig, *, run_id: str, canary_traffic_percent: int | None, variant: str
+) -> V1beta1TransformerSpec:
+    """The recommender's transformer: Feast lookup, validation and ranking, no ONNX session.
+
+    It reads ``catalogue.json`` and ``metadata.json`` of the same export as its predictor (KServe
+    downloads the storage URI to ``/mnt/models``) and checks every predictor answer's width and
+    model version against them.
+    """
+    feast_env, feast_mounts, feast_volumes = _feast_mounts()
+    tmp_mount, tmp_volume = _tmp_volume()
+    container = k8s_models.V1Container(
+        name="kserve-container",
+        image=cfg.serving_image,
+        command=["python", "-m", "serving"],
+        # KServe appends --model_name, --predictor_host and --http_port; the CLI takes them.
+        args=[
+            "--model",
+            "recommender",
+            "--role",
+            "transformer",
+            "--model-dir",
+            TRANSFORMER_MODEL_MOUNT,
+            "--feature-repo",
+            FEATURE_REPO_MOUNT,
+            "--predictor-host",
+            PREDICTOR_HOST_DEFAULT,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(SERVING_PORT),
+        ],  # fmt: skip
+        env=[
+            # The pod network is the boundary inside a cluster; the CLI refuses 0.0.0.0 without it.
+            k8s_models.V1EnvVar(name="RECSYNTH_ALLOW_ALL_INTERFACES", value="1"),
+            k8s_models.V1EnvVar(name="HOME", value="/tmp"),
+            k8s_models.V1EnvVar(name="RECSYNTH_RUN_ID", value=run_id),
+            k8s_models.V1EnvVar(name=VARIANT_ENV, value=variant),
+            *feast_env,
+        ],
+        ports=[k8s_models.V1ContainerPort(container_port=SERVING_PORT, protocol="TCP")],
+        resources=k8s_models.V1ResourceRequirements(
+            **{kind: dict(v) for kind, v in _TRANSFORMER_RESOURCES.items()}
+        ),
+        security_context=CONTAINER_SECURITY,
+        readiness_probe=_probe("/v2/models/recommender/ready", initial_delay_s=5, period_s=10),
+        liveness_probe=_probe("/v2/health/live", initial_delay_s=30, period_s=20),
+        volume_mounts=[tmp_mount, *feast_mounts],
+    )
+    return V1beta1TransformerSpec(
+        canary_traffic_percent=canary_traffic_percent,
+        min_replicas=1,
+        max_replicas=3,
+        service_account_name="recsynth-serving",
+        automount_service_account_token=False,
+        storage_uris=[
+            kserve_models.V1beta1StorageUri(
+                uri=storage_uri(cfg, run_id, "recommender"), mount_path=TRANSFORMER_MODEL_MOUNT
+            )
+        ],
+        volumes=[tmp_volume, *feast_volumes],
+        containers=[container],
+    )
+
+
+def variant_label(canary_traffic_percent: int | None) -> str:
+    """``canary`` while a share of traffic is split off (or pinned back), else ``stable``."""
+    return STABLE if canary_traffic_percent is None else CANARY
+
+
 def inference_service(
     cfg: DeployConfig, model: Model, *, run_id: str, canary_traffic_percent: int | None
 ) -> V1beta1InferenceService:
     """The InferenceService that serves ``model`` of run ``run_id`` with the recsynth runtime.
+
+    The recommender gets a transformer (Feast, ranking) and a bare ONNX predictor; the
+    generator a predictor alone.
 
     Args:
         cfg: the deploy step's settings (namespace, storage prefix, GPUs, image).
@@ -127,43 +263,20 @@ def inference_service(
     """
     if model not in MODELS:
         raise ConfigError(f"model={model!r} is not one of {list(MODELS)}")
+    variant = variant_label(canary_traffic_percent)
     # The runtime supplies `python -m serving --model-dir /mnt/models --host 0.0.0.0 --port 8080`;
     # KServe appends these args to the runtime's.
     args = ["--model", model]
-    mounts = [k8s_models.V1VolumeMount(name="tmp", mount_path="/tmp")]
-    volumes = [k8s_models.V1Volume(name="tmp", empty_dir=k8s_models.V1EmptyDirVolumeSource())]
-    extra_env: list[k8s_models.V1EnvVar] = []
     if model == "recommender":
-        args += ["--feature-repo", FEATURE_REPO_MOUNT]
-        # feature_store.yaml (ConfigMap recsynth-feast-config) expands this when feast loads it.
-        extra_env.append(
-            k8s_models.V1EnvVar(name="RECSYNTH_REDIS_CONNECTION_STRING", value=REDIS_ADDRESS)
-        )
-        mounts += [
-            k8s_models.V1VolumeMount(
-                name="feast-config", mount_path=FEATURE_REPO_MOUNT, read_only=True
-            ),
-            k8s_models.V1VolumeMount(
-                name="feature-registry",
-                mount_path=FEATURE_REGISTRY_MOUNT,
-                sub_path="feature-store",
-                read_only=True,
-            ),
-        ]
-        volumes += [
-            k8s_models.V1Volume(
-                name="feast-config",
-                config_map=k8s_models.V1ConfigMapVolumeSource(name="recsynth-feast-config"),
-            ),
-            k8s_models.V1Volume(
-                name="feature-registry",
-                persistent_volume_claim=k8s_models.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=MODELS_PVC, read_only=True
-                ),
-            ),
-        ]
+        args += ["--role", "predictor"]
+    tmp_mount, tmp_volume = _tmp_volume()
 
-    resources = {kind: dict(values) for kind, values in _RESOURCES[model].items()}
+    resources = {
+        kind: dict(values)
+        for kind, values in (
+            _PREDICTOR_ONLY_RESOURCES if model == "recommender" else _RESOURCES[model]
+        ).items()
+    }
     if cfg.gpus_per_predictor:
         for kind in ("requests", "limits"):
             resources[kind]["nvidia.com/gpu"] = str(cfg.gpus_per_predictor)
@@ -174,7 +287,7 @@ def inference_service(
         ),
         k8s_models.V1EnvVar(name="HOME", value="/tmp"),
         k8s_models.V1EnvVar(name="RECSYNTH_RUN_ID", value=run_id),
-        *extra_env,
+        k8s_models.V1EnvVar(name=VARIANT_ENV, value=variant),
     ]
     tolerations = None
     if cfg.gpus_per_predictor:
@@ -195,7 +308,7 @@ def inference_service(
         security_context=CONTAINER_SECURITY,
         readiness_probe=_probe(f"/v2/models/{model}/ready", initial_delay_s=5, period_s=10),
         liveness_probe=_probe("/v2/health/live", initial_delay_s=30, period_s=20),
-        volume_mounts=mounts,
+        volume_mounts=[tmp_mount],
     )
     predictor = V1beta1PredictorSpec(
         canary_traffic_percent=canary_traffic_percent,
@@ -204,9 +317,17 @@ def inference_service(
         service_account_name="recsynth-serving",
         automount_service_account_token=False,
         tolerations=tolerations,
-        volumes=volumes,
+        volumes=[tmp_volume],
         model=model_spec,
     )
+    transformer = None
+    if model == "recommender":
+        transformer = transformer_spec(
+            cfg,
+            run_id=run_id,
+            canary_traffic_percent=canary_traffic_percent,
+            variant=variant,
+        )
     metadata = k8s_models.V1ObjectMeta(
         name=isvc_name(model),
         namespace=cfg.namespace,
@@ -225,7 +346,7 @@ def inference_service(
         api_version=KSERVE_API,
         kind="InferenceService",
         metadata=metadata,
-        spec=V1beta1InferenceServiceSpec(predictor=predictor),
+        spec=V1beta1InferenceServiceSpec(predictor=predictor, transformer=transformer),
     )
 
 
@@ -348,6 +469,12 @@ def rollout_markdown(cfg: DeployConfig, *, run_id: str, files: dict[str, list[st
         "",
         f"Watch the split with `kubectl get isvc -n {ns}` (columns PREV and LATEST). Canary",
         "splitting needs KServe's Knative deployment mode, which the manifests request.",
+        "",
+        "The recommender runs as a transformer (Feast lookup, ranking) in front of a bare ONNX",
+        "predictor; both split traffic alike. Every answer and the `recsynth_requests_total`",
+        "metric carry the serving revision's `RECSYNTH_VARIANT`: `canary` for steps 1 and 2b,",
+        "`stable` after 2a (promote changes that label, so KServe starts one more revision of the",
+        "same model and sends it all traffic).",
         "",
     ]
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The deploy step: rendered manifests, local server start/stop, the state file, the control CLI.
 
 Process tests start small HTTP servers of their own (a script written into tmp_path) on
-127.0.0.1 in the H port range 18500-18999; the last test starts the real ``python -m serving``
+127.0.0.1 in ports 18410-18499; the last tests start the real ``python -m serving``
 on tiny models from the serving tests' builders.
 """
 
@@ -25,7 +25,8 @@ from components.common.errors import ConfigError, InputError
 from components.deploy import control, logic, manifests, servers
 from components.deploy.config import DeployConfig
 
-PORT_RANGE = range(18500, 19000)
+# SERVE's range (18000-18499), above what tests/serving and bench/serving.py hand out.
+PORT_RANGE = range(18410, 18500)
 
 FAKE_SERVER = textwrap.dedent(
     """
@@ -53,7 +54,7 @@ FAKE_SERVER = textwrap.dedent(
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` ports of the H range that nothing listens on right now."""
+    """``n`` ports of PORT_RANGE that nothing listens on right now."""
     start = random.randrange(len(PORT_RANGE))
     found: list[int] = []
     for i in range(len(PORT_RANGE)):
@@ -134,24 +135,42 @@ def test_run_renders_storage_uri_gpu_and_canary_for_the_run(tmp_path: Path) -> N
         assert pred["model"]["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{model}/ready"
         assert manifests.model_problems(rollout, manifests.V1beta1InferenceService) == []
 
+        assert env["RECSYNTH_VARIANT"] == "canary"
+
         promote = load(out / "promote" / f"{model}-inferenceservice.yaml")
         rollback = load(out / "rollback" / f"{model}-inferenceservice.yaml")
         assert "canaryTrafficPercent" not in promote["spec"]["predictor"]
         assert rollback["spec"]["predictor"]["canaryTrafficPercent"] == 0
-        # the variants differ in the traffic split only
-        for variant in (promote, rollback):
-            variant["spec"]["predictor"].pop("canaryTrafficPercent", None)
-        pred.pop("canaryTrafficPercent")
+        # the variants differ in the traffic split and the variant label only
+        for doc, label in ((promote, "stable"), (rollback, "canary"), (rollout, "canary")):
+            components = [doc["spec"]["predictor"]]
+            containers = [doc["spec"]["predictor"]["model"]]
+            if "transformer" in doc["spec"]:
+                components.append(doc["spec"]["transformer"])
+                containers += doc["spec"]["transformer"]["containers"]
+            for component in components:
+                component.pop("canaryTrafficPercent", None)
+            for container in containers:
+                (variant,) = [e for e in container["env"] if e["name"] == "RECSYNTH_VARIANT"]
+                assert variant["value"] == label
+                variant["value"] = "-"
         assert promote == rollout == rollback
 
-    assert load(out / "recommender-inferenceservice.yaml")["spec"]["predictor"]["model"][
-        "args"
-    ] == [
-        "--model",
-        "recommender",
-        "--feature-repo",
-        manifests.FEATURE_REPO_MOUNT,
+    rec = load(out / "recommender-inferenceservice.yaml")["spec"]
+    assert rec["predictor"]["model"]["args"] == ["--model", "recommender", "--role", "predictor"]
+    assert "RECSYNTH_REDIS_CONNECTION_STRING" not in str(rec["predictor"])
+    (transformer,) = rec["transformer"]["containers"]
+    assert transformer["args"][:4] == ["--model", "recommender", "--role", "transformer"]
+    assert transformer["args"][transformer["args"].index("--feature-repo") + 1] == (
+        manifests.FEATURE_REPO_MOUNT
+    )
+    assert rec["transformer"]["canaryTrafficPercent"] == 10
+    assert rec["transformer"]["storageUris"] == [
+        {"uri": "pvc://recsynth-models/run-0042/recommender", "mountPath": "/mnt/models"}
     ]
+    assert "nvidia.com/gpu" not in str(rec["transformer"])
+    gen = load(out / "generator-inferenceservice.yaml")["spec"]
+    assert "transformer" not in gen
     runtime = load(out / "serving-servingruntime.yaml")
     assert runtime["spec"]["containers"][0]["command"] == ["python", "-m", "serving"]
     assert manifests.model_problems(runtime, manifests.V1alpha1ServingRuntime) == []
@@ -302,6 +321,8 @@ def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
 def test_port_held_by_another_process_is_refused(tmp_path: Path, fake_script: Path) -> None:
     (port,) = free_ports(1)
     with socket.socket() as holder:
+        # A port an earlier test's server just left may sit in TIME_WAIT; this holder may reuse it.
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", port))
         holder.listen()
         state = servers.StateFile(tmp_path / "state")

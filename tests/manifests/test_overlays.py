@@ -61,7 +61,14 @@ def containers_of(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[s
         return [(f"{kind}/{doc['metadata']['name']}", c, pod) for c in pod["containers"]]
     if kind == "InferenceService":
         pred = doc["spec"]["predictor"]
-        return [(f"{kind}/{doc['metadata']['name']}", pred["model"], pred)]
+        found = [(f"{kind}/{doc['metadata']['name']}", pred["model"], pred)]
+        transformer = doc["spec"].get("transformer")
+        if transformer:
+            found += [
+                (f"{kind}/{doc['metadata']['name']}/transformer", c, transformer)
+                for c in transformer["containers"]
+            ]
+        return found
     if kind == "ServingRuntime":
         return [
             (f"{kind}/{doc['metadata']['name']}", c, doc["spec"]) for c in doc["spec"]["containers"]
@@ -124,7 +131,7 @@ def test_every_pod_is_hardened(env: str) -> None:
                 assert container.get("readinessProbe"), where
                 assert container.get("livenessProbe"), where
             checked += 1
-    assert checked == 4  # redis, the runtime, two predictors
+    assert checked == 5  # redis, the runtime, two predictors, the recommender's transformer
 
 
 def _images(node: Any) -> list[str]:
@@ -160,7 +167,7 @@ def test_image_pin_rule(image: str, pinned: bool) -> None:
 @pytest.mark.parametrize("env", OVERLAYS)
 def test_images_are_pinned_by_tag(env: str) -> None:
     images = _images(list(build(f"overlays/{env}")))
-    assert len(images) == 4
+    assert len(images) == 5
     assert [i for i in images if not image_is_pinned(i)] == []
 
 
@@ -176,6 +183,27 @@ def test_production_predictors_get_one_gpu_and_the_canary() -> None:
         assert pred["canaryTrafficPercent"] == 10
         assert pred["tolerations"][0]["key"] == "nvidia.com/gpu"
         assert pred["minReplicas"] == 2
+        assert {e["name"]: e["value"] for e in pred["model"]["env"]}["RECSYNTH_VARIANT"] == "canary"
+
+
+def test_production_recommender_transformer_splits_like_its_predictor_on_cpu() -> None:
+    (isvc,) = [
+        d
+        for d in of_kind(build("overlays/production"), "InferenceService")
+        if d["metadata"]["name"] == "recsynth-recommender"
+    ]
+    transformer = isvc["spec"]["transformer"]
+    (container,) = transformer["containers"]
+    assert transformer["canaryTrafficPercent"] == 10
+    assert transformer["minReplicas"] == 2
+    assert {e["name"]: e["value"] for e in container["env"]}["RECSYNTH_VARIANT"] == "canary"
+    assert "nvidia.com/gpu" not in yaml.safe_dump(transformer)
+    assert container["args"][:4] == ["--model", "recommender", "--role", "transformer"]
+    assert isvc["spec"]["predictor"]["model"]["args"] == ["--model", "recommender", "--role",
+                                                          "predictor"]  # fmt: skip
+    # the transformer reads the same export as its predictor
+    (uri,) = transformer["storageUris"]
+    assert uri["uri"] == isvc["spec"]["predictor"]["model"]["storageUri"]
 
 
 def test_dev_asks_for_no_gpu_and_no_canary() -> None:
@@ -185,7 +213,12 @@ def test_dev_asks_for_no_gpu_and_no_canary() -> None:
         pred = isvc["spec"]["predictor"]
         assert "canaryTrafficPercent" not in pred
         assert {e["name"]: e["value"] for e in pred["model"]["env"]}["RECSYNTH_REQUIRE_GPU"] == "0"
+        assert {e["name"]: e["value"] for e in pred["model"]["env"]}["RECSYNTH_VARIANT"] == "stable"
         assert pred["minReplicas"] == 0
+        transformer = isvc["spec"].get("transformer")
+        if transformer:
+            assert "canaryTrafficPercent" not in transformer
+            assert transformer["minReplicas"] == 0
 
 
 @pytest.mark.parametrize("env", OVERLAYS)
@@ -231,6 +264,17 @@ def test_references_resolve_within_the_overlay(env: str) -> None:
                 ) in names
         mounts = {m["name"] for m in pred["model"].get("volumeMounts", [])}
         assert mounts == {v["name"] for v in pred.get("volumes", [])}
+        transformer = isvc["spec"].get("transformer")
+        if transformer:
+            assert ("ServiceAccount", transformer["serviceAccountName"]) in names
+            for volume in transformer.get("volumes", []):
+                if "configMap" in volume:
+                    assert ("ConfigMap", volume["configMap"]["name"]) in names
+                if "persistentVolumeClaim" in volume:
+                    claim_name = volume["persistentVolumeClaim"]["claimName"]
+                    assert ("PersistentVolumeClaim", claim_name) in names
+            used = {m["name"] for c in transformer["containers"] for m in c["volumeMounts"]}
+            assert used == {v["name"] for v in transformer["volumes"]}
         claim = pred["model"]["storageUri"].removeprefix("pvc://").split("/")[0]
         assert ("PersistentVolumeClaim", claim) in names
     runtime = of_kind(docs, "ServingRuntime")[0]
