@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1.7
-# The predictor image: `python -m serving` with onnxruntime-gpu, kserve and feast, and no torch.
+# The serving image: `python -m serving` with onnxruntime-gpu, kserve and feast, and no torch. It
+# runs every serving container: the generator's predictor, and the recommender's transformer
+# (`--role transformer`, Feast and ranking) and predictor (`--role predictor`, ONNX).
 # onnxruntime-gpu 1.31 is a CUDA 13 / cuDNN 9 build, so the base is NVIDIA's CUDA 13 runtime
 # with cuDNN 9; on a node without a GPU the server falls back to CPU unless
 # RECSYNTH_REQUIRE_GPU=1, which the GPU manifests set.
@@ -36,5 +38,5 @@ COPY serving/ serving/
 
 USER 10001:10001
 EXPOSE 8080
-# The ServingRuntime supplies the arguments (--model, --model-dir /mnt/models, --host, --port).
+# The ServingRuntime (predictors) and the InferenceService (the transformer) supply the arguments.
 ENTRYPOINT ["python", "-m", "serving"]
