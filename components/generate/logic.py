@@ -2,9 +2,14 @@
 
 ``run`` reads ``cleaned/``, keeps only the training part of each customer's sequence
 (:func:`components.common.splits.leave_last_out`, so held-out items never reach the generator),
-trains a causal LM with DP-SGD, saves it with its vocabulary and privacy record into
-``generator_model/`` and writes the sampled sessions into ``synthetic/``. Both outputs go through
-``atomic_dir``: a failure anywhere leaves neither behind.
+bounds each customer's contribution (:func:`customer_records`: at most
+``max_sequences_per_customer`` sequences and ``max_tokens_per_customer`` tokens, each sequence
+framed by its country, month and price band tokens), trains a causal LM with DP-SGD (one
+customer = one clipped row, see ``components.generate.train``), saves it with its vocabulary and
+privacy record into ``generator_model/`` and writes the sampled sessions into ``synthetic/``,
+with the quality report ``synthetic/quality.html`` and ``quality.json`` measured against the
+customers the audit keeps out of training (``canaries.holdout_fraction``; they count in no
+``n_units``). Both outputs go through ``atomic_dir``: a failure anywhere leaves neither behind.
 """
 
 from __future__ import annotations
@@ -383,7 +388,9 @@ def run(
         cleaned_dir: ingest's output (``sequences.parquet``, ``items.parquet``).
         model_dir: receives ``generator_model/``: the transformers model (``save_pretrained``),
             ``vocab.json``, ``tokenizer.json``, ``privacy.json`` and ``step.json``.
-        synthetic_dir: receives ``synthetic_sessions.parquet`` and ``step.json``.
+        synthetic_dir: receives ``synthetic_sessions.parquet``, ``quality.html``,
+            ``quality.json`` (unless ``cfg.quality_report`` is off or no customer is held out)
+            and ``step.json``.
         seed: seeds Poisson sampling, DP noise, initialisation and sampling.
 
     Returns:

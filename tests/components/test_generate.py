@@ -335,11 +335,13 @@ def test_loss_weights_condition_and_eos_targets() -> None:
     assert float(plain) == pytest.approx(float(per_token.mean()))
 
 
-def test_dp_unit_is_the_customer_however_many_sequences(tmp_path: Path) -> None:
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_dp_unit_is_the_customer_however_many_sequences(architecture: str) -> None:
     # 60 customers of 3 sequences each: 60 DP units and Poisson rows, never 180.
     records = [[[1, 4, 10 + (c + k) % 20, 2] for k in range(3)] for c in range(60)]
-    model = build_model("llama", "tiny", 30, 16)
+    model = build_model(architecture, "tiny", 30, 16)
     cfg = tiny_config(
+        architecture=architecture,
         batch_size=4,
         epochs=1,
         max_sequences_per_customer=3,
