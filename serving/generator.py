@@ -25,7 +25,7 @@ import collections
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +213,9 @@ class Job:
     country: int | None = None
     month: int | None = None
     price_band: int | None = None
+    # Not a request parameter: the speed benchmark turns eos off so that every session decodes
+    # exactly max_items tokens on both sides of the comparison.
+    allow_eos: bool = True
 
 
 # sampling ---------------------------------------------------------------------------------------
@@ -401,131 +404,114 @@ class FullDecoder:
 # the sampling loop ------------------------------------------------------------------------------
 
 
-@dataclass
-class _Plan:
-    """One job's token script: what each position after bos is (forced id or a group to sample)."""
-
-    job: Job
-    slots: list[int | np.ndarray]  # a forced token id, or a bool mask of the group to sample from
-    prompt: list[int]  # bos and the forced slots before the first sampled one
-    rng: np.random.Generator
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # global row ids
-
-
 def generate(
     decoder: CachedDecoder | FullDecoder, vocab: Vocab, jobs: list[Job]
 ) -> list[list[dict[str, Any]]]:
     """Sample every job's ``n`` sessions in one decode batch.
+
+    Each job's script is what each position after bos holds: its conditions (a forced token, or
+    a group to sample from), its prefix (forced), then sampled items. The leading forced part is
+    the job's prompt, read by one prefill; after it, every row takes one token per decode step,
+    so at step ``t`` a row is at script position ``len(prompt) - 1 + t``.
 
     Returns:
         Per job, ``n`` sessions ``{"country", ["month"], ["price_band"], "items"}`` (month and
         price_band where the vocabulary has them); items are stock codes, the prefix first.
     """
     size = vocab.size
+    names = ["country"]
+    groups = [list(vocab.countries.values())]
+    if vocab.months is not None:
+        names.append("month")
+        groups.append(list(vocab.months.values()))
+    if vocab.price_bands is not None:
+        names.append("price_band")
+        groups.append(list(vocab.price_bands.values()))
+    group_masks = np.zeros((len(groups), size), dtype=bool)
+    for g, ids in enumerate(groups):
+        group_masks[g, ids] = True
     item_mask = np.zeros(size, dtype=bool)
     item_mask[vocab.first_item_id :] = True
 
-    def group(ids: Any) -> np.ndarray:
-        mask = np.zeros(size, dtype=bool)
-        mask[list(ids)] = True
-        return mask
-
-    groups = [(vocab.countries.values(), "country")]
-    if vocab.months is not None:
-        groups.append((vocab.months.values(), "month"))
-    if vocab.price_bands is not None:
-        groups.append((vocab.price_bands.values(), "price_band"))
-    group_masks = {name: group(ids) for ids, name in groups}
-
-    # Per job: its script, its prompt (what prefill reads) and its rows of the batch.
-    plans: list[_Plan] = []
-    start = 0
+    # Per row (rows of a job are consecutive): its script as a forced-token matrix (-1 where the
+    # condition of group g is sampled, that g in group_of), its prompt, limits and options.
+    per_job = [job.n for job in jobs]
+    scripts, prompts = [], []
     for job in jobs:
-        slots: list[int | np.ndarray] = []
-        for _, name in groups:
-            given = getattr(job, name)
-            slots.append(group_masks[name] if given is None else int(given))
-        slots += [int(t) for t in job.prefix]
-        n_forced = next((i for i, s in enumerate(slots) if not isinstance(s, int)), len(slots))
-        plans.append(
-            _Plan(
-                job=job,
-                slots=slots,
-                prompt=[vocab.bos_id, *slots[:n_forced]],
-                rng=np.random.default_rng(job.seed),
-                rows=np.arange(start, start + job.n),
-            )
-        )
-        start += job.n
-    total = start
-
-    # Row state: the tokens each row holds after bos, items drawn, items used, finished.
-    tokens: list[list[int]] = []
-    for plan in plans:
-        tokens += [list(plan.prompt[1:]) for _ in range(plan.job.n)]
-    used = np.zeros((total, size), dtype=bool)
-    for plan in plans:
-        used[np.ix_(plan.rows, np.array(plan.job.prefix, dtype=np.int64))] = True
-    drawn = np.zeros(total, dtype=np.int64)
-    done = np.zeros(total, dtype=bool)
-    temperature = np.repeat([p.job.temperature for p in plans], [p.job.n for p in plans])
-    top_k = np.repeat([p.job.top_k or 0 for p in plans], [p.job.n for p in plans])
-    top_p = np.repeat([p.job.top_p or 1.0 for p in plans], [p.job.n for p in plans])
-    plan_of = np.repeat(np.arange(len(plans)), [p.job.n for p in plans])
-
-    live = np.arange(total)  # global ids of the rows the decoder holds, in its order
-    logits = decoder.prefill([plans[plan_of[r]].prompt for r in live.tolist()])
-    while True:
-        allowed = np.zeros((live.size, size), dtype=bool)
-        forced = np.full(live.size, -1, dtype=np.int64)
-        u = np.zeros(live.size)
-        position = {int(r): i for i, r in enumerate(live)}
-        for plan in plans:
-            local = [position[int(r)] for r in plan.rows if int(r) in position]
-            if not local:
-                continue
-            first_row = int(live[local[0]])
-            slot = len(tokens[first_row])  # rows of a job move in step until their item phase
-            if slot < len(plan.slots) and isinstance(plan.slots[slot], int):
-                forced[local] = plan.slots[slot]
-                allowed[local, plan.slots[slot]] = True  # so the sampler sees a valid row
-                continue
-            # The job draws n uniforms per sampled step whatever else is batched with it, so
-            # its seeded sessions do not depend on the other requests.
-            draws = plan.rng.random(plan.job.n)
-            u[local] = draws[[int(live[i]) - int(plan.rows[0]) for i in local]]
-            if slot < len(plan.slots):
-                allowed[local] = plan.slots[slot]
+        script = [getattr(job, name) for name in names] + [int(t) for t in job.prefix]
+        n_forced = next((k for k, t in enumerate(script) if t is None), len(script))
+        scripts.append(script)
+        prompts.append([vocab.bos_id, *script[:n_forced]])
+    width = max(len(sc) for sc in scripts) + 1
+    forced_of = np.full((len(jobs), width), -1, dtype=np.int64)
+    group_of = np.full((len(jobs), width), -1, dtype=np.int64)
+    for j, script in enumerate(scripts):
+        for k, tok in enumerate(script):
+            if tok is None:
+                group_of[j, k] = k  # conditions come first, in group order
             else:
-                rows = live[local]
-                allowed[local] = item_mask & ~used[rows]
-                # eos only once the session holds an item: an empty session is no session
-                allowed[local, vocab.eos_id] = used[rows][:, vocab.first_item_id :].any(axis=1)
+                forced_of[j, k] = tok
+    job_of = np.repeat(np.arange(len(jobs)), per_job)
+    script_len = np.repeat([len(sc) for sc in scripts], per_job)
+    start = np.repeat([len(p) - 1 for p in prompts], per_job)  # script position after prefill
+    max_items = np.repeat([job.max_items for job in jobs], per_job)
+    allow_eos = np.repeat([job.allow_eos for job in jobs], per_job)
+    temperature = np.repeat([job.temperature for job in jobs], per_job)
+    top_k = np.repeat([job.top_k or 0 for job in jobs], per_job)
+    top_p = np.repeat([job.top_p or 1.0 for job in jobs], per_job)
+    # Each job draws its uniforms up front from its own generator, one per row and step, so its
+    # seeded sessions do not depend on what else is batched with it.
+    steps = int((script_len - start + max_items).max()) + 1
+    uniforms = np.concatenate(
+        [np.random.default_rng(job.seed).random((steps, job.n)).T for job in jobs]
+    )
+
+    total = int(sum(per_job))
+    out = np.full((total, steps + width), -1, dtype=np.int64)  # tokens after the prompt
+    used = np.zeros((total, size), dtype=bool)
+    for j, job in enumerate(jobs):
+        if job.prefix:
+            used[np.ix_(np.flatnonzero(job_of == j), np.array(job.prefix))] = True
+    drawn = np.zeros(total, dtype=np.int64)
+    live = np.arange(total)  # rows the decoder holds, in its order
+    logits = decoder.prefill([prompts[j] for j in job_of.tolist()])
+    for t in range(steps):
+        pos = start[live] + t
+        in_script = pos < script_len[live]
+        col = np.minimum(pos, width - 1)
+        forced = np.where(in_script, forced_of[job_of[live], col], -1)
+        group = np.where(in_script, group_of[job_of[live], col], -1)
+
+        allowed = np.zeros((live.size, size), dtype=bool)
+        items = ~in_script
+        if items.any():
+            rows = live[items]
+            allowed[items] = item_mask & ~used[rows]
+            # eos only once the session holds an item: an empty session is no session
+            has_item = used[rows][:, vocab.first_item_id :].any(axis=1)
+            allowed[items, vocab.eos_id] = has_item & allow_eos[rows]
+        sampled_group = group >= 0
+        if sampled_group.any():
+            allowed[sampled_group] = group_masks[group[sampled_group]]
+        is_forced = forced >= 0
+        if is_forced.any():
+            allowed[is_forced, forced[is_forced]] = True  # so the sampler sees a valid row
         picks = sample_rows(
             logits,
             allowed,
-            temperature=temperature[live],
+            temperature=np.where(is_forced, 0.0, temperature[live]),
             top_k=top_k[live],
             top_p=top_p[live],
-            u=u,
+            u=uniforms[live, t],
         )
-        picks = np.where(forced >= 0, forced, picks)
+        out[live, t] = picks
 
-        still = np.ones(live.size, dtype=bool)
-        for i, row in enumerate(live.tolist()):
-            tok = int(picks[i])
-            plan = plans[plan_of[row]]
-            if len(tokens[row]) >= len(plan.slots):  # item phase
-                if tok == vocab.eos_id:
-                    still[i] = False
-                    done[row] = True
-                    continue
-                drawn[row] += 1
-                used[row, tok] = True
-                if drawn[row] >= plan.job.max_items:
-                    still[i] = False  # the limit ends a session as eos would, unfed
-                    done[row] = True
-            tokens[row].append(tok)
+        # In the item phase eos ends a session, and so does reaching max_items (unfed).
+        is_eos = items & (picks == vocab.eos_id)
+        got_item = items & ~is_eos
+        used[live[got_item], picks[got_item]] = True
+        drawn[live[got_item]] += 1
+        still = ~(is_eos | (got_item & (drawn[live] >= max_items[live])))
         if not still.all():
             live = live[still]
             if live.size == 0:
@@ -533,7 +519,19 @@ def generate(
             decoder.keep(np.flatnonzero(still))
         logits = decoder.step(picks[still])
 
-    return [[_session(vocab, tokens[row]) for row in plan.rows.tolist()] for plan in plans]
+    sessions: list[list[dict[str, Any]]] = []
+    row = 0
+    for j, job in enumerate(jobs):
+        head = prompts[j][1:]
+        per = []
+        for _ in range(job.n):
+            tail = [int(x) for x in out[row] if x >= 0]
+            if tail and tail[-1] == vocab.eos_id:
+                tail = tail[:-1]
+            per.append(_session(vocab, head + tail))
+            row += 1
+        sessions.append(per)
+    return sessions
 
 
 def _session(vocab: Vocab, tokens: list[int]) -> dict[str, Any]:
