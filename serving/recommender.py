@@ -76,11 +76,9 @@ class Catalogue:
     by_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # int64 [N + 1]: each item's price band, -1 at padding and where catalogue.json has none.
     price_bands: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    @property
-    def bands(self) -> list[int]:
-        """The price bands the catalogue holds (what the price_band filter accepts)."""
-        return sorted({int(b) for b in self.price_bands[1:] if b >= 0})
+    # The price bands the catalogue holds (what the price_band filter accepts), set once in read:
+    # recomputing it per request cost more than the Feast lookup.
+    bands: tuple[int, ...] = ()
 
     @property
     def n_items(self) -> int:
@@ -124,7 +122,10 @@ class Catalogue:
             raise ModelLoadError(f"{path}: item ids are not unique")
         # Most popular first, ties by index, padding excluded.
         order = np.lexsort((np.arange(1, n + 1), -popularity[1:])) + 1
-        return cls(item_ids, descriptions, popularity, max_history, index_of, order, price_bands)
+        bands = tuple(sorted({int(b) for b in price_bands[1:] if b >= 0}))
+        return cls(
+            item_ids, descriptions, popularity, max_history, index_of, order, price_bands, bands
+        )
 
 
 @dataclass
@@ -274,9 +275,9 @@ class RecommenderModel(BlockingModel):
         return items
 
     def _check_band(self, band: Any, field_name: str) -> int | None:
-        bands = self.catalogue.bands
         if band is None:
             return None
+        bands = self.catalogue.bands
         if band not in bands:
             raise BadRequest(
                 "unknown price band",
