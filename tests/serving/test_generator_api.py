@@ -30,7 +30,8 @@ def test_sessions_are_distinct_real_codes_after_the_prefix(servers):
         assert s["items"][0] == "85123A"
         assert set(s["items"]) <= set(b.GEN_CODES)
         assert len(s["items"]) == len(set(s["items"]))
-        assert 2 <= len(s["items"]) <= 11
+        # eos may come right after the prefix (the session already holds an item)
+        assert 1 <= len(s["items"]) <= 11
         assert s["country"] in b.COUNTRIES
 
 
