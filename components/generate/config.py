@@ -27,8 +27,8 @@ class GenerateConfig(StrictModel):
     # have no Opacus grad sampler and fall back to functorch per-sample gradients (slower).
     architecture: Literal["llama", "gpt2"] = "llama"
     size: Literal["tiny", "small", "base"] = "small"
-    # Tokens per customer including bos, country and eos; longer histories keep their most recent
-    # items. This bounds what one customer contributes to a DP step.
+    # Tokens per sequence including bos, the condition tokens and eos (64 holds 59 items);
+    # longer sequences keep their most recent items.
     max_length: int = Field(default=64, ge=8, le=1024)
     epochs: int = Field(default=3, ge=1)
     # Expected batch size: with Poisson sampling each customer joins a step with probability
@@ -57,10 +57,11 @@ class GenerateConfig(StrictModel):
     # Loss weights of condition targets (country, month, band) and of eos against an item's 1
     # (train.SequenceLoss says why DP-SGD needs them). They shape what each customer's clipped
     # gradient teaches, not how much it may change the model, so the guarantee is unchanged.
-    # On the demo data at epsilon 4 (one run each): weights 1/1 gave sessions of 18.7 items
-    # against 33.7 real; 5/0.6 gave 34.8 against 31.7 held out (length JSD 0.06) and halved
-    # the item-popularity JSD; 20/0.8 learnt the country no better and the items worse. 0.6 is
-    # near what per-customer normalisation predicts: eos weighs E[1/L] instead of 1/E[L].
+    # On the demo data at epsilon 4 (one run each): the previous generator (no month or band,
+    # weights 1/1) gave sessions of 18.7 items against 33.7 real; 5/0.6 gave 34.8 against 31.7
+    # held out (length JSD 0.06); 20/0.8 learnt the country no better and the items worse
+    # (item-popularity JSD 0.29 against 0.19). 0.6 is near what per-customer normalisation
+    # predicts: eos weighs E[1/L] instead of 1/E[L].
     condition_loss_weight: float = Field(default=5.0, gt=0, le=100)
     eos_loss_weight: float = Field(default=0.6, gt=0, le=100)
     # A local folder written by save_pretrained (e.g. an earlier generate run's generator_model/)

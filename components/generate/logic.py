@@ -352,6 +352,14 @@ def _quality(
         max_sequences=cfg.max_sequences_per_customer,
         max_tokens=cfg.max_tokens_per_customer,
     )
+    held_out = _decode_records(vocab, held_records)
+    if not held_out or not synthetic:
+        logger.info(
+            "quality report skipped: %d held-out and %d synthetic sessions",
+            len(held_out),
+            len(synthetic),
+        )
+        return None
     held_ids = set(vocab.item_ids)
     next_item_cases = [
         ([str(i) for i in items[:-1]], str(items[-1]))
@@ -361,7 +369,7 @@ def _quality(
     report = quality.evaluate(
         synthetic=synthetic,
         train=train_sessions,
-        held_out=_decode_records(vocab, held_records),
+        held_out=held_out,
         next_item_cases=next_item_cases,
         catalogue=vocab.item_ids,
         max_items=vocab.max_items,
