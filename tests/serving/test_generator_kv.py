@@ -9,6 +9,7 @@ with a wrong temperature, top-k or top-p then produces visibly different frequen
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import numpy as np
@@ -424,3 +425,69 @@ def test_gpt2_greedy_equals_torch_generate(tmp_path):
         prompt = vocab.encode(c, CODES[:p], month=m, price_band=b)[:-1]
         (want,) = torch_generate(lm, vocab, prompt, 1, k, do_sample=False)
         assert sessions[0]["items"] == CODES[:p] + want
+
+
+def _genx_port() -> int:
+    """A free port of this engineer's range (19000-19499)."""
+    import socket
+
+    for port in range(19000 + (os.getpid() % 40) * 10, 19500):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 19000-19499")
+
+
+@pytest.mark.integration
+def test_served_over_http_with_conditions_and_concurrent_clients(dirs, tmp_path):
+    import httpx
+    from serving_procs import start_server, stop_server, wait_ready
+
+    server = start_server(
+        "generator",
+        ["--model-dir", str(dirs[1]), "--host", "127.0.0.1"],
+        tmp_path / "generator.log",
+        port=_genx_port(),
+        env={"RECSYNTH_GENERATOR_BATCH_WAIT_MS": "5"},
+    )
+    try:
+        wait_ready(server)
+        assert "kv-cache decoding" in server.log_tail(200)
+        v2 = {
+            "inputs": [
+                {"name": "n", "shape": [1], "datatype": "INT32", "data": [3]},
+                {"name": "month", "shape": [1], "datatype": "INT32", "data": [12]},
+                {"name": "price_band", "shape": [1], "datatype": "INT32", "data": [2]},
+                {"name": "seed", "shape": [1], "datatype": "INT64", "data": [8]},
+            ]
+        }
+        r = httpx.post(f"{server.base}/v2/models/generator/infer", json=v2, timeout=60)
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        assert out["month"]["data"] == [12, 12, 12]
+        assert out["price_band"]["data"] == [2, 2, 2]
+        assert set(out["country"]["data"]) <= set(COUNTRIES)
+
+        bad = httpx.post(
+            f"{server.base}/v1/models/generator:predict",
+            json={"instances": [{"month": 13}]},
+            timeout=60,
+        )
+        assert bad.status_code == 400
+        assert bad.json()["field"] == "instances[0].month"
+
+        url = f"{server.base}/v1/models/generator:predict"
+        bodies = [{"instances": [{"n": 2, "seed": i, "max_items": 8}]} for i in range(12)]
+        alone = [httpx.post(url, json=b, timeout=60).json() for b in bodies]
+
+        async def together() -> list[dict]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                answers = await asyncio.gather(*(client.post(url, json=b) for b in bodies))
+            return [a.json() for a in answers]
+
+        assert asyncio.run(together()) == alone
+    finally:
+        stop_server(server)
