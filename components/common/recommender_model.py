@@ -8,8 +8,18 @@ A SASRec-style next-item model. Each position of a customer's history is the sum
 - a price band embedding (also looked up from a buffer of the catalogue's bands),
 - a learned position embedding counted from the first real item,
 
-followed by pre-norm causal self-attention blocks and an untied output layer that scores every
-item of the catalogue. Histories are left-padded with index 0.
+followed by pre-norm causal self-attention blocks. The score of item ``i`` after a position with
+state ``h`` has three parts:
+
+- ``head(h)[i]``: a learned per-item output weight (collaborative signal);
+- ``content_query(h) . text_basis[i]``: the state projected onto a fixed low-rank basis of the
+  MiniLM vectors (their top principal directions, a buffer);
+- ``band_query(h)[band[i]]``: a learned score per price band.
+
+An item nobody bought still gets the last two from its description and price alone, so it can
+be recommended from content (cold-start items). The content parts are Linear layers applied to
+the per-sample state followed by fixed (non-trained) lookups, so per-sample gradients stay exact
+under Opacus. Histories are left-padded with index 0.
 
 Every trainable layer is an ``nn.Linear``, ``nn.Embedding`` or ``nn.LayerNorm`` that runs once
 per forward pass, so Opacus can compute per-sample gradient norms for all of them (ghost
@@ -50,12 +60,42 @@ class RecommenderConfig(StrictModel):
     max_history: int = Field(default=50, ge=2)
     dropout: float = Field(default=0.1, ge=0, lt=1)
     text_dim: int = Field(default=TEXT_DIM, ge=1)
+    # Width of the fixed content basis the output layer scores against (principal directions of
+    # the catalogue's MiniLM vectors); 0 turns content scoring off.
+    content_dim: int = Field(default=32, ge=0)
+    # Training only: the share of catalogue items whose learned per-item output weight is hidden
+    # in a step, so their score must come from content and price band. Without it the per-item
+    # weights explain every purchase and the content part learns nothing an unbought item could
+    # use. 0 turns it off.
+    id_dropout: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> RecommenderConfig:
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         return self
+
+
+def content_basis(text: torch.Tensor, dim: int) -> torch.Tensor:
+    """[n_items + 1, dim]: the catalogue's text vectors on their top ``dim`` principal directions.
+
+    Row 0 (padding) stays zero. The sign of each direction is fixed (largest loading positive) so
+    the basis is a deterministic function of the catalogue. A catalogue with fewer distinct
+    directions than ``dim`` gets zero columns for the rest.
+    """
+    vocab = text.shape[0]
+    out = torch.zeros(vocab, dim, dtype=torch.float32)
+    if dim == 0 or vocab < 2:
+        return out
+    rows = text[1:].to(torch.float64)
+    centred = rows - rows.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    k = min(dim, vh.shape[0])
+    directions = vh[:k]
+    signs = torch.sign(directions.gather(1, directions.abs().argmax(dim=1, keepdim=True)))
+    directions = directions * torch.where(signs == 0, torch.ones_like(signs), signs)
+    out[1:, :k] = (centred @ directions.T).to(torch.float32)
+    return out
 
 
 class CausalSelfAttention(nn.Module):
@@ -147,7 +187,12 @@ class SequentialRecommender(nn.Module):
             Block(d, config.n_heads, config.dropout) for _ in range(config.n_layers)
         )
         self.ln_final = nn.LayerNorm(d)
-        self.head = nn.Linear(d, vocab)
+        # No bias: a per-item bias of an item that never appears as a target only ever gets
+        # pushed down, which would bury cold items that content alone should surface.
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.register_buffer("text_basis", content_basis(text, config.content_dim))
+        self.content_query = nn.Linear(d, config.content_dim) if config.content_dim else None
+        self.band_query = nn.Linear(d, config.n_price_bands + 1)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -180,13 +225,54 @@ class SequentialRecommender(nn.Module):
             x = block(x, allowed)
         return self.ln_final(x)
 
+    def _id_keep(self, h: torch.Tensor) -> torch.Tensor | None:
+        """[n_items + 1] 0/1 mask of the per-item output weights used this step (None: all)."""
+        if not self.training or self.config.id_dropout == 0:
+            return None
+        vocab = self.config.n_items + 1
+        return (torch.rand(vocab, device=h.device) >= self.config.id_dropout).to(h.dtype)
+
+    def output_table(self, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The three score parts folded into one item matrix [n_items + 1, d] and bias.
+
+        ``h @ table.T + bias`` equals :meth:`score_states` with ``fused=False`` (up to rounding):
+        the content and band parts are linear in ``h``, so their weights can be gathered per
+        item once and the catalogue scored with a single matrix product.
+        """
+        head = self.head.weight if keep is None else self.head.weight * keep[:, None]
+        table = head + self.band_query.weight[self.band_table]
+        bias = self.band_query.bias[self.band_table]
+        if self.content_query is not None:
+            table = table + self.text_basis @ self.content_query.weight
+            bias = bias + self.text_basis @ self.content_query.bias
+        return table, bias
+
+    def score_states(self, h: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
+        """Scores [..., n_items + 1] of every item from states ``h`` [..., d].
+
+        Args:
+            h: contextual states.
+            fused: one matrix product over :meth:`output_table` (fast; training without DP,
+                evaluation, export). ``False`` calls each Linear layer on ``h`` itself, which
+                Opacus needs to see per-sample activations; DP training uses that path.
+        """
+        keep = self._id_keep(h)
+        if fused:
+            table, bias = self.output_table(keep)
+            return h @ table.T + bias
+        item_part = self.head(h) if keep is None else self.head(h) * keep
+        scores = item_part + self.band_query(h)[..., self.band_table]
+        if self.content_query is not None:
+            scores = scores + self.content_query(h) @ self.text_basis.T
+        return scores
+
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """Next-item scores [batch, T, n_items + 1] after every position."""
-        return self.head(self.hidden(item_ids))
+        """Next-item scores [batch, T, n_items + 1] after every position (per-layer path)."""
+        return self.score_states(self.hidden(item_ids), fused=False)
 
     def score_next(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Next-item scores [batch, n_items + 1] after the last position only."""
-        return self.head(self.hidden(item_ids)[:, -1, :])
+        return self.score_states(self.hidden(item_ids)[:, -1, :])
 
 
 class NextItemScorer(nn.Module):

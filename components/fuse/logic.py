@@ -31,6 +31,34 @@ SYNTHETIC_COLUMNS = ("synthetic_id", "country", "items")
 REAL, SYNTHETIC = "real", "synthetic"
 
 
+# Which item features come from real data, synthetic data or both, and why (the report shows it).
+FEATURE_SOURCES = {
+    "popularity": "real: counts of real training customers; synthetic sessions would count "
+    "the generator's own preferences twice and drift towards what it over-samples",
+    "text_embedding": "catalogue: MiniLM vectors of the item descriptions, the same whatever "
+    "the purchase data",
+    "price_band": "catalogue: quantile band of the item's median real unit price",
+    "item_id_embedding": "both: learned by the recommender from real and synthetic sequences "
+    "(synthetic ones down-weighted by synthetic_weight)",
+    "sequence_transitions": "both: next-item targets from real and synthetic sequences",
+}
+
+
+def events_before(sequences: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Each customer's sequence cut to the items first bought strictly before ``cutoff``.
+
+    Customers with nothing left are dropped. Needs the ``ts`` column (time of each item).
+    """
+    keep_items, keep_ts = [], []
+    for items, times in zip(sequences["items"], sequences["ts"], strict=True):
+        times = pd.to_datetime(pd.Series(list(times)), utc=True)
+        mask = (times < cutoff).to_numpy()
+        keep_items.append([i for i, m in zip(items, mask, strict=True) if m])
+        keep_ts.append(list(times[mask]))
+    out = sequences.assign(items=keep_items, ts=keep_ts)
+    return out[out["items"].map(len) > 0].reset_index(drop=True)
+
+
 def build_item_map(items: pd.DataFrame) -> ItemMap:
     """The item map over the cleaned catalogue, in sorted item id order (stable across runs)."""
     ids = items["item_id"].astype(str)
@@ -59,23 +87,73 @@ def map_synthetic(
     real_train: list[list[int]],
     *,
     min_length: int,
+    near_duplicate_jaccard: float = 1.0,
+    max_synthetic: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Synthetic sessions as index sequences, with the counts of what was dropped and why."""
+    """Synthetic sessions as index sequences, with the counts of what was dropped and why.
+
+    In order: unknown items are dropped from a sequence; then a sequence is dropped when it
+    repeats an item (real sequences hold distinct items, so a repeat is an invalid sample), is
+    shorter than ``min_length``, is an exact copy of a real training sequence, or is a
+    near-duplicate (item-set Jaccard >= ``near_duplicate_jaccard``) of a real training sequence
+    or of a synthetic sequence kept before it. At most ``max_synthetic`` are kept.
+    """
     real_set = {tuple(s) for s in real_train}
+    index = _SetIndex()
+    for seq in real_train:
+        index.add(frozenset(seq))
     kept: list[tuple[str, list[int]]] = []
-    counts = {"unknown_items": 0, "short": 0, "copies": 0}
+    counts = {
+        "unknown_items": 0,
+        "short": 0,
+        "copies": 0,
+        "repeats": 0,
+        "near_duplicates": 0,
+        "over_max": 0,
+    }
     for sid, items in zip(synthetic["synthetic_id"], synthetic["items"], strict=True):
         raw = [str(i) for i in items]
         encoded = item_map.encode(raw, skip_unknown=True)
         counts["unknown_items"] += len(raw) - len(encoded)
-        if len(encoded) < min_length:
+        if len(set(encoded)) != len(encoded):
+            counts["repeats"] += 1
+        elif len(encoded) < min_length:
             counts["short"] += 1
         elif tuple(encoded) in real_set:
             counts["copies"] += 1
+        elif index.max_jaccard(frozenset(encoded)) >= near_duplicate_jaccard:
+            counts["near_duplicates"] += 1
+        elif max_synthetic is not None and len(kept) >= max_synthetic:
+            counts["over_max"] += 1
         else:
             kept.append((str(sid), encoded))
+            index.add(frozenset(encoded))
     frame = pd.DataFrame(kept, columns=["synthetic_id", "items"])
     return frame, counts
+
+
+class _SetIndex:
+    """Item sets with an inverted index, for the largest Jaccard similarity to a new set."""
+
+    def __init__(self) -> None:
+        self.sets: list[frozenset[int]] = []
+        self.by_item: dict[int, list[int]] = {}
+
+    def add(self, items: frozenset[int]) -> None:
+        ref = len(self.sets)
+        self.sets.append(items)
+        for item in items:
+            self.by_item.setdefault(item, []).append(ref)
+
+    def max_jaccard(self, items: frozenset[int]) -> float:
+        shared: dict[int, int] = {}
+        for item in items:
+            for ref in self.by_item.get(item, ()):
+                shared[ref] = shared.get(ref, 0) + 1
+        best = 0.0
+        for ref, inter in shared.items():
+            best = max(best, inter / (len(items) + len(self.sets[ref]) - inter))
+        return best
 
 
 def popularity(item_map: ItemMap, real_train: list[list[int]]) -> np.ndarray:
@@ -152,7 +230,7 @@ def run(
     seq_file = cleaned_dir / art.SEQUENCES
     syn_file = synthetic_dir / art.SYNTHETIC_SESSIONS
     items = art.read_parquet(items_file, ("item_id", "description", "price_band"))
-    sequences = art.read_parquet(seq_file, ("customer_id", "country", "items"))
+    sequences = art.read_parquet(seq_file, ("customer_id", "country", "items", "ts"))
     synthetic = art.read_parquet(syn_file, SYNTHETIC_COLUMNS)
     if items.empty:
         raise InputError("the catalogue is empty", file=str(items_file))
@@ -167,7 +245,12 @@ def run(
     items = items.assign(item_id=items["item_id"].astype(str)).set_index("item_id")
     items = items.loc[item_map.item_ids].reset_index()
 
-    # 2. Real sequences: training parts only, so held-out items stay out of training.
+    # 2. Point in time: with a cutoff, later events vanish before any split or feature.
+    n_before_cutoff = int(sequences["items"].map(len).sum())
+    if cfg.cutoff is not None:
+        sequences = events_before(sequences, pd.Timestamp(cfg.cutoff))
+
+    # 3. Real sequences: training parts only, so held-out items stay out of training.
     split = leave_last_out(sequences[["customer_id", "country", "items"]])
     real_train = encode_real(item_map, split.train["items"], file=str(seq_file))
     real = pd.DataFrame(
@@ -187,9 +270,15 @@ def run(
             column="customer_id",
         )
 
-    # 3. Synthetic sessions: known items only, long enough, and not a copy of a real customer.
+    # 4. Synthetic sessions: known items only, valid, long enough, and neither a copy nor a
+    # near-duplicate of a real customer or of another synthetic session.
     syn, dropped = map_synthetic(
-        item_map, synthetic, real_train, min_length=cfg.min_synthetic_length
+        item_map,
+        synthetic,
+        real_train,
+        min_length=cfg.min_synthetic_length,
+        near_duplicate_jaccard=cfg.near_duplicate_jaccard,
+        max_synthetic=cfg.max_synthetic,
     )
     syn_frame = pd.DataFrame(
         {
@@ -202,7 +291,7 @@ def run(
     )
     train = pd.concat([real, syn_frame], ignore_index=True)
 
-    # 4. Eval cases from the same split.
+    # 5. Eval cases from the same split.
     ev = split.eval
     eval_cases = pd.DataFrame(
         {
@@ -217,7 +306,7 @@ def run(
     eval_cases["valid_item"] = [v[0] for v in eval_cases["valid_item"]]
     eval_cases["test_item"] = [t[0] for t in eval_cases["test_item"]]
 
-    # 5. Item features: popularity among real training customers and MiniLM text vectors.
+    # 6. Item features: popularity among real training customers and MiniLM text vectors.
     pop = popularity(item_map, real_train)
     embed_started = time.perf_counter()
     vectors = embed_texts(
@@ -245,6 +334,9 @@ def run(
         "n_eval_cases": len(eval_cases),
         "synthetic_weight": float(cfg.synthetic_weight),
         "embedding_dim": EMBEDDING_DIM,
+        "cutoff": cfg.cutoff.isoformat() if cfg.cutoff is not None else None,
+        "n_real_events_dropped_by_cutoff": n_before_cutoff - int(sequences["items"].map(len).sum()),
+        "feature_sources": FEATURE_SOURCES,
         "embedding_seconds": round(embed_seconds, 3),
     }
     with art.atomic_dir(out_dir) as tmp:

@@ -30,6 +30,16 @@ class TrainConfig(StrictModel):
     # Items of history the model sees; a longer sequence trains on its last max_history + 1.
     max_history: int = Field(default=20, ge=2)
     dropout: float = Field(default=0.1, ge=0, lt=1)
+    # Width of the fixed MiniLM content basis the output layer scores against; 0 turns it off
+    # (then an item with no purchases has no useful score).
+    content_dim: int = Field(default=32, ge=0)
+    # Share of items whose per-item output weight is hidden in each training step, so the
+    # content part learns to score items on its own (what an item nobody bought relies on).
+    id_dropout: float = Field(default=0.1, ge=0, lt=1)
+    # Without DP: the training softmax runs over items that occur in the training sequences only,
+    # so an item nobody bought is never trained towards "not bought" and content scores it (a
+    # new item). Ignored with DP, where that item set is itself private.
+    mask_unseen_items: bool = True
     epochs: int = Field(default=5, ge=1)
     # Expected batch size: with Poisson sampling each sequence joins a step with probability
     # batch_size / n_sequences, so actual batches vary around this.
@@ -38,12 +48,12 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(default=0.0, ge=0)
     dp: DPConfig = DPConfig(target_epsilon=4.0)
     grad_sample_mode: GradSampleMode = "ghost"
-    k: int = Field(default=10, ge=1)
-    eval_batch_size: int = Field(default=512, ge=1)
-
     # Audit data for dp_audit: canary customers and the held-out share of real customers
     # (components.common.canaries).
     canaries: CanaryConfig = CanaryConfig()
+    k: int = Field(default=10, ge=1)
+    eval_batch_size: int = Field(default=512, ge=1)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.d_model % self.n_heads:

@@ -1,8 +1,16 @@
-"""Full-catalogue ranking metrics: HR@k and NDCG@k of one held-out item per customer.
+"""Ranking metrics of one held-out item per customer.
 
-Every item of the catalogue is ranked except padding and the items already in the customer's
-history (a shop does not recommend what the customer has just bought). Ties are broken by item
-index, lower first, so a constant scorer still gets a well-defined rank.
+Full-catalogue mode (the one the pipeline reports): every item of the catalogue is ranked except
+padding and the items already in the customer's history (a shop does not recommend what the
+customer has just bought). Ties are broken by item index, lower first, so a constant scorer
+still gets a well-defined rank. HR@k, NDCG@k, MRR and catalogue coverage (the share of items
+that appear in at least one top-k list).
+
+Sampled mode (only for comparison with papers that use it, e.g. SASRec / S3-Rec on Amazon
+Beauty): the held-out item is ranked against ``n_negatives`` items drawn uniformly without
+replacement from the catalogue items the customer never interacted with (history, validation
+and test items all excluded). A negative that ties with the target counts as ranked above it,
+so ties never flatter a model.
 """
 
 from __future__ import annotations
@@ -86,3 +94,98 @@ def evaluate_scorer(
 def popularity_scores(popularity: np.ndarray, n_cases: int) -> np.ndarray:
     """The popularity baseline's scores: the same catalogue ranking for every case."""
     return np.broadcast_to(np.asarray(popularity, dtype=np.float64), (n_cases, len(popularity)))
+
+
+def ranking_metrics(rank: np.ndarray, k: int) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR (mean of 1 / (rank + 1), misses included) from 0-based ranks."""
+    rank = np.asarray(rank)
+    out = hit_rate_ndcg(rank, k)
+    out["mrr"] = float((1.0 / (rank + 1.0)).mean()) if rank.size else 0.0
+    return out
+
+
+def top_k(scores: np.ndarray, histories: Sequence[Sequence[int]], k: int) -> np.ndarray:
+    """[n, k] item indices each case would be shown (padding and history excluded)."""
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    n, vocab = scores.shape
+    scores[:, 0] = -np.inf
+    for row in range(n):
+        scores[row, np.asarray(list(histories[row]), dtype=np.int64)] = -np.inf
+    k = min(k, vocab - 1)
+    # Stable order: higher score first, then lower index, as ranks() breaks ties.
+    part = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k] if k < vocab else None
+    out = np.empty((n, k), dtype=np.int64)
+    for row in range(n):
+        cand = part[row] if part is not None else np.arange(vocab)
+        order = np.lexsort((cand, -scores[row, cand]))
+        out[row] = cand[order][:k]
+    return out
+
+
+def coverage(recommended: np.ndarray, n_items: int) -> float:
+    """Share of the catalogue's ``n_items`` items that appear in at least one top-k list."""
+    if n_items <= 0:
+        return 0.0
+    shown = np.unique(np.asarray(recommended).reshape(-1))
+    return float(np.count_nonzero(shown > 0) / n_items)
+
+
+def full_metrics(
+    scores: np.ndarray,
+    histories: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    k: int,
+    *,
+    rank: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Full-catalogue HR@k, NDCG@k, MRR and coverage of precomputed scores."""
+    if rank is None:
+        rank = ranks(scores, histories, targets)
+    out = ranking_metrics(rank, k)
+    n_items = scores.shape[1] - 1
+    out["coverage"] = coverage(top_k(scores, histories, k), n_items) if len(rank) else 0.0
+    return out
+
+
+def sample_negatives(
+    seen: Sequence[Sequence[int]], n_items: int, n_negatives: int, *, seed: int
+) -> np.ndarray:
+    """[n, n_negatives] items drawn uniformly without replacement from each case's unseen items.
+
+    Args:
+        seen: per case, every item index the customer interacted with (targets included).
+        n_items: catalogue size (items are 1..n_items).
+        n_negatives: negatives per case.
+        seed: seeds the draw, so models compared in one run see the same negatives.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(seen), n_negatives), dtype=np.int64)
+    for row, items in enumerate(seen):
+        excluded = set(int(i) for i in items)
+        if n_items - len(excluded) < n_negatives:
+            raise ValueError(
+                f"case {row} has only {n_items - len(excluded)} unseen items; "
+                f"{n_negatives} negatives requested"
+            )
+        picked: list[int] = []
+        chosen: set[int] = set()
+        # Rejection sampling: histories are tiny next to the catalogue, so few draws are wasted.
+        while len(picked) < n_negatives:
+            for c in rng.integers(1, n_items + 1, size=2 * n_negatives):
+                c = int(c)
+                if c not in excluded and c not in chosen:
+                    chosen.add(c)
+                    picked.append(c)
+                    if len(picked) == n_negatives:
+                        break
+        out[row] = picked
+    return out
+
+
+def sampled_ranks(scores: np.ndarray, targets: Sequence[int], negatives: np.ndarray) -> np.ndarray:
+    """0-based rank of each target among itself and its negatives (ties count against it)."""
+    scores = np.asarray(scores)
+    rows = np.arange(scores.shape[0])
+    target_scores = scores[rows, np.asarray(targets, dtype=np.int64)]
+    neg_scores = np.take_along_axis(scores, negatives, axis=1)
+    return np.count_nonzero(neg_scores >= target_scores[:, None], axis=1).astype(np.int64)

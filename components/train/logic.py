@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
@@ -82,6 +83,83 @@ class SequenceLoss(nn.Module):
         return per_sequence.mean()
 
 
+def gathered_loss(
+    model: SequentialRecommender,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    candidates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same value as ``SequenceLoss()(model(inputs), targets, weights)``, computed cheaply.
+
+    Only positions with a target are scored, so a batch of short sequences in a long window does
+    not pay for a [batch, T, catalogue] logit tensor. Used without DP only: gathering rows mixes
+    the batch dimension, which Opacus' per-sample gradient hooks rely on.
+
+    Args:
+        model: the recommender.
+        inputs: [batch, T] left-padded histories.
+        targets: [batch, T] next items (0: nothing to predict).
+        weights: [batch] sequence weights.
+        candidates: optional [n_items + 1] bool; the softmax runs over these items only. Items
+            outside it get no gradient, so an item nobody bought keeps an untrained per-item
+            weight instead of one trained to say "never bought", and content decides its score.
+    """
+    h = model.hidden(inputs)
+    mask = targets != 0
+    n_targets = mask.sum(dim=1).clamp(min=1)
+    row_weight = (weights / n_targets)[:, None].expand_as(targets)[mask]
+    logits = model.score_states(h[mask])
+    if candidates is not None:
+        logits = logits.masked_fill(~candidates, float("-inf"))
+    ce = F.cross_entropy(logits, targets[mask], reduction="none")
+    return (row_weight * ce).sum() / inputs.shape[0]
+
+
+def trim_padding(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding in every row of a left-padded batch.
+
+    Exact: positions count real items only and attention ignores padding keys, so the states of
+    real positions do not change; it only saves the work on all-padding columns.
+    """
+    if inputs.shape[0] == 0:
+        return inputs, targets
+    used = (inputs != 0).any(dim=0) | (targets != 0).any(dim=0)
+    nonzero = torch.nonzero(used)
+    first = int(nonzero[0]) if nonzero.numel() else inputs.shape[1] - 1
+    return inputs[:, first:].contiguous(), targets[:, first:].contiguous()
+
+
+class LengthBucketSampler(torch.utils.data.Sampler):
+    """Shuffled batches of sequences of similar length (training without DP only).
+
+    Each epoch shuffles the records, sorts each run of 50 batches' worth by length, cuts it into
+    batches and shuffles the batch order, so a batch wastes little work on padding. DP training
+    does not use it: its guarantee assumes Poisson sampling.
+    """
+
+    def __init__(self, targets: torch.Tensor, batch_size: int, *, seed: int) -> None:
+        self.lengths = (targets != 0).sum(dim=1).numpy()
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204 - a generator of index lists
+        order = self.rng.permutation(len(self.lengths))
+        chunk = 50 * self.batch_size
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [
+                part[i : i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size)
+            ]
+        for b in self.rng.permutation(len(batches)):
+            yield batches[b]
+
+
 @dataclass
 class FitResult:
     """A trained recommender with what it cost."""
@@ -104,6 +182,8 @@ def model_config_for(cfg: TrainConfig, ts: TrainingSet) -> RecommenderConfig:
         n_heads=cfg.n_heads,
         max_history=cfg.max_history,
         dropout=cfg.dropout,
+        content_dim=cfg.content_dim,
+        id_dropout=cfg.id_dropout,
     )
 
 
@@ -166,12 +246,28 @@ def fit(
     )
     n_records = len(dataset)
     batch_size = min(cfg.batch_size, n_records)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    if cfg.dp.enabled:
+        # Opacus replaces this with Poisson sampling (what the accountant assumes).
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    else:
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=LengthBucketSampler(dataset.tensors[1], batch_size, seed=seed),
+        )
+    # Without DP the softmax runs over the items that occur in the training records; with DP that
+    # set is itself a function of private data, so every item stays in (see gathered_loss).
+    candidates = None
+    if not cfg.dp.enabled and cfg.mask_unseen_items:
+        inputs_all, targets_all, _ = dataset.tensors
+        candidates = torch.zeros(mcfg.n_items + 1, dtype=torch.bool)
+        candidates[inputs_all.reshape(-1)] = True
+        candidates[targets_all.reshape(-1)] = True
+        candidates[0] = False
     criterion: Any = SequenceLoss()
     train_model: nn.Module = model
     engine = None
@@ -212,6 +308,7 @@ def fit(
         started, cpu_started = time.perf_counter(), time.process_time()
         total, count = 0.0, 0
         for inputs, targets, weights in loader:
+            inputs, targets = trim_padding(inputs, targets)
             optimizer.zero_grad(set_to_none=True)
             if inputs.shape[0] == 0:
                 # An empty Poisson batch still takes its noise-only step, as the accountant
@@ -219,7 +316,10 @@ def fit(
                 prepare_noise_only_step(optimizer, cfg.grad_sample_mode)
                 optimizer.step()
                 continue
-            loss = criterion(train_model(inputs), targets, weights)
+            if engine is None:
+                loss = gathered_loss(model, inputs, targets, weights, candidates)
+            else:
+                loss = criterion(train_model(inputs), targets, weights)
             loss.backward()
             optimizer.step()
             total += float(loss.item()) * inputs.shape[0]
@@ -296,6 +396,10 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
     timer = art.StepTimer("train")
     training_dir = Path(training_dir)
     ts = load_training_set(training_dir)
+    # Audit: hold out a seeded share of real customers and add the included canary customers.
+    ts, canary_set = canaries.prepare_recommender(
+        ts, cfg.canaries, seed=seed, max_history=cfg.max_history
+    )
     real = ts.real
     n_real = len(real)
     if n_real == 0:
@@ -320,10 +424,6 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
     fused_fit = fit(FUSED, fused_data, ts, cfg, training="recommender", **common)
     for fitted in (real_fit, fused_fit):
         _check_record(fitted.record)
-    # Audit: hold out a seeded share of real customers and add the included canary customers.
-    ts, canary_set = canaries.prepare_recommender(
-        ts, cfg.canaries, seed=seed, max_history=cfg.max_history
-    )
 
     # Evaluation: test = history (train items + valid item) -> test item; valid is reported for
     # information only (no model selection, which would spend privacy outside the accountant).
@@ -380,6 +480,7 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
         shutil.copyfile(training_dir / art.ITEM_MAP, tmp / art.ITEM_MAP)
         art.write_json(tmp / art.PRIVACY, fused_fit.record.model_dump())
         art.write_json(tmp / REAL_ONLY_PRIVACY, real_fit.record.model_dump())
+        canaries.save(tmp, canary_set)
         art.write_json(tmp / METRICS, metrics)
         timer.write(tmp, summary)
     return summary
@@ -387,4 +488,3 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
 
 def _prefixed(values: dict[str, float]) -> dict[str, float]:
     return {f"valid_{k}": v for k, v in values.items()}
-        canaries.save(tmp, canary_set)

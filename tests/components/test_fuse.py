@@ -43,7 +43,9 @@ SYNTHETIC = [
     ("s-all-unknown", ["A", "B", "C"]),  # 3 unknown, then empty
     ("s-copy", ["10001", "10002", "10003"]),  # exact copy of c1's training part
     ("s-copy-c3", ["10007", "10008"]),  # exact copy of c3 (all of it trains)
-    ("s-near-copy", ["10002", "10001", "10003"]),  # same items, other order: kept
+    ("s-near-copy", ["10002", "10001", "10003"]),  # same items as c1's part, other order
+    ("s-repeat", ["10006", "10009", "10006"]),  # repeats an item: invalid
+    ("s-near-syn", ["10001", "10003", "10005", "10009"]),  # Jaccard 0.75 to s-keep: kept at 0.8
 ]
 
 
@@ -96,16 +98,80 @@ def fused(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 
 def test_synthetic_drop_counts(fused: tuple[dict, Path]) -> None:
     summary, out = fused
-    assert summary["synthetic_dropped"] == {"unknown_items": 6, "short": 3, "copies": 2}
-    assert summary["n_synthetic_read"] == 8
+    assert summary["synthetic_dropped"] == {
+        "unknown_items": 6,
+        "short": 3,
+        "copies": 2,
+        "repeats": 1,
+        "near_duplicates": 1,
+        "over_max": 0,
+    }
+    assert summary["n_synthetic_read"] == 10
     assert summary["n_synthetic_kept"] == 3
     seqs = pd.read_parquet(out / "train_sequences.parquet")
     item_map = ItemMap.load(out / "item_map.json")
     syn = seqs[seqs["source"] == "synthetic"].set_index("seq_id")
-    assert sorted(syn.index) == ["syn-s-keep", "syn-s-near-copy", "syn-s-unknown"]
+    assert sorted(syn.index) == ["syn-s-keep", "syn-s-near-syn", "syn-s-unknown"]
     assert item_map.decode(syn.loc["syn-s-unknown", "items"]) == ["10002", "10004"]
     assert syn["customer_id"].isna().all()
     assert syn["weight"].tolist() == [0.25, 0.25, 0.25]
+    assert set(summary["feature_sources"]) >= {"popularity", "text_embedding", "price_band"}
+
+
+def test_near_duplicate_threshold_and_amount(tmp_path: Path) -> None:
+    cleaned, synthetic = _write_inputs(tmp_path)
+    strict = run(
+        FuseConfig(near_duplicate_jaccard=0.7, max_synthetic=1),
+        cleaned,
+        synthetic,
+        tmp_path / "strict",
+        seed=0,
+    )
+    # s-near-syn (0.75 to s-keep) is now a near-duplicate; s-unknown is over the cap of 1.
+    assert strict["synthetic_dropped"]["near_duplicates"] == 2
+    assert strict["synthetic_dropped"]["over_max"] == 1
+    seqs = pd.read_parquet(tmp_path / "strict" / "train_sequences.parquet")
+    assert seqs.loc[seqs["source"] == "synthetic", "seq_id"].tolist() == ["syn-s-keep"]
+
+
+def test_cutoff_is_point_in_time(tmp_path: Path) -> None:
+    """A customer's purchases after the cutoff (and an item only bought then) must not leak."""
+    early, late = pd.Timestamp("2011-01-01", tz="UTC"), pd.Timestamp("2011-06-01", tz="UTC")
+    cleaned, synthetic = _write_inputs(tmp_path)
+    seqs = pd.read_parquet(cleaned / "sequences.parquet")
+    # c1 buys 10001..10003 early and 10004, 10005 late; 10010 is bought only late, by c4.
+    times = {
+        "c1": [early, early, early, late, late],
+        "c4": [early, early, late, early],
+    }
+    seqs["ts"] = [
+        times.get(c, [early] * len(i))
+        for c, i in zip(seqs["customer_id"], seqs["items"], strict=True)
+    ]
+    seqs.to_parquet(cleaned / "sequences.parquet", index=False)
+    cutoff = pd.Timestamp("2011-03-01", tz="UTC").to_pydatetime()
+    summary = run(FuseConfig(cutoff=cutoff), cleaned, synthetic, tmp_path / "ts", seed=0)
+    out = tmp_path / "ts"
+    item_map = ItemMap.load(out / "item_map.json")
+    train = pd.read_parquet(out / "train_sequences.parquet")
+    real = train[train["source"] == "real"].set_index("customer_id")
+    # c1 keeps 3 early items, of which the last two are held out: only 10001 trains.
+    assert item_map.decode(real.loc["c1", "items"]) == ["10001"]
+    cases = pd.read_parquet(out / "eval_cases.parquet").set_index("customer_id")
+    assert item_map.decode([cases.loc["c1", "valid_item"], cases.loc["c1", "test_item"]]) == [
+        "10002",
+        "10003",
+    ]
+    features = pd.read_parquet(out / "item_features.parquet").set_index("item_id")
+    # 10010 was bought only after the cutoff: no popularity, no training sequence holds it.
+    assert features.loc["10010", "popularity"] == 0
+    assert item_map.index("10010") not in {i for s in real["items"] for i in s}
+    assert summary["n_real_events_dropped_by_cutoff"] == 3
+
+
+def test_cutoff_must_be_timezone_aware() -> None:
+    with pytest.raises(ValidationError, match="timezone"):
+        FuseConfig(cutoff="2011-03-01T00:00:00")
 
 
 def test_real_sequences_hold_no_held_out_item(fused: tuple[dict, Path]) -> None:
