@@ -34,7 +34,8 @@ class AuditConfig(StrictModel):
     copy_jaccard: float = Field(default=0.8, gt=0, le=1)
     copy_min_items: int = Field(default=3, ge=1)
     # The copy check fails when synthetic sessions copy training sessions at a rate more than
-    # this above the rate they "copy" held-out sessions (chance).
+    # this above the rate they "copy" held-out sessions (chance), and the excess is significant
+    # (paired one-sided test at 5 %).
     copy_margin: float = Field(default=0.01, ge=0, le=1)
     # Ids shorter than this are matched only as a whole string, never inside one.
     id_min_length: int = Field(default=4, ge=1)

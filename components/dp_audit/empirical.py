@@ -109,7 +109,8 @@ def copy_rate(
     a one- or two-item basket matches a popular one by chance, which says nothing about copying.
 
     Returns:
-        rate (exact or near), exact_rate, counts and sizes.
+        rate (exact or near), exact_rate, counts and sizes, and ``flags``: per counted synthetic
+        session (those with ``min_items`` or more, in order) whether it copies one.
     """
     refs = [list(r) for r in reference if len(r) >= min_items]
     syn = [list(s) for s in synthetic if len(s) >= min_items]
@@ -122,13 +123,16 @@ def copy_rate(
         for item in items:
             index[item].append(ref_id)
     n_exact = n_any = 0
+    flags = []
     for session in syn:
         is_exact = tuple(session) in exact_set
         near = is_exact or _jaccard_best(set(session), index, sizes) >= jaccard
         n_exact += is_exact
         n_any += near
+        flags.append(bool(near))
     n = len(syn)
     return {
+        "flags": flags,
         "rate": n_any / n if n else None,
         "exact_rate": n_exact / n if n else None,
         "n_copies": n_any,
@@ -136,6 +140,21 @@ def copy_rate(
         "n_synthetic": n,
         "n_reference": len(refs),
     }
+
+
+def paired_excess_p_value(flags_a: Sequence[bool], flags_b: Sequence[bool]) -> float:
+    """One-sided exact McNemar p-value that ``a`` flags more sessions than ``b``.
+
+    Both lists flag the same synthetic sessions against two reference sets of the same size. If
+    the generator copies neither, the two sets are exchangeable and a session that copies exactly
+    one of them is equally likely to copy either: the count of "a only" among the discordant
+    sessions is Binomial(discordant, 1/2).
+    """
+    from components.dp_audit.bound import binomial_tail
+
+    a_only = sum(1 for a, b in zip(flags_a, flags_b, strict=True) if a and not b)
+    b_only = sum(1 for a, b in zip(flags_a, flags_b, strict=True) if b and not a)
+    return binomial_tail(a_only, a_only + b_only, 0.5)
 
 
 def _tokens(text: str) -> set[str]:

@@ -202,3 +202,12 @@ def test_auc_standard_error_hand_computed() -> None:
     # A = 0.5, 10 and 10 samples: Q1 = Q2 = 1/3, var = (0.25 + 2 * 9 * (1/3 - 1/4)) / 100.
     assert empirical.auc_standard_error(0.5, 10, 10) == pytest.approx(math.sqrt(0.0175))
     assert empirical.auc_standard_error(0.5, 1000, 1000) < empirical.auc_standard_error(0.5, 10, 10)
+
+
+def test_paired_excess_p_value_hand_computed() -> None:
+    flags_train = [True, True, True, False, False]
+    flags_held = [False, False, True, False, True]
+    # Discordant: two "train only", one "held-out only": P[Bin(3, 1/2) >= 2] = 1/2.
+    assert empirical.paired_excess_p_value(flags_train, flags_held) == pytest.approx(0.5)
+    assert empirical.paired_excess_p_value([True] * 6, [False] * 6) == pytest.approx(1 / 64)
+    assert empirical.paired_excess_p_value([False] * 3, [False] * 3) == 1.0
