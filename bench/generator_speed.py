@@ -277,7 +277,7 @@ def measure(
         "meets_target": all(r >= TARGET_RATIO for m in ratio.values() for r in m.values()),
         "batching": _batching(kv_model, clients, repeats),
         "setup": {
-            "model_dir": str(model_dir),
+            "model_dir": _shown(Path(model_dir)),
             "architecture": lm.config.model_type,
             "parameters": int(sum(p.numel() for p in lm.parameters())),
             "vocab_size": vocab.size,
@@ -290,6 +290,14 @@ def measure(
             "onnx": f"onnxruntime {ort.__version__} CPU, serving.generator decode",
         },
     }
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (results are committed)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def _print(result: dict[str, Any]) -> None:
