@@ -264,3 +264,56 @@ def test_cache_parity_beyond_tolerance_is_an_export_error(
             max_length=MAX_LENGTH,
             atol=1e-12,
         )
+
+
+def test_served_greedy_sessions_of_a_vocabulary_without_conditions_equal_torch(
+    generator_dir: Path, exported: tuple[dict, Path]
+) -> None:
+    """The exported cache graph of an older vocabulary (no month, no band) through serving."""
+    import asyncio
+
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from serving.generator import GeneratorModel
+
+    _, out = exported
+    model = GeneratorModel(out, require_gpu=False)
+    model.load()
+    assert model.decoding == "kv-cache"
+    vocab = ItemVocab.load(generator_dir)
+    lm = load_model(generator_dir).float().eval()
+
+    class Rules(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            ok = torch.zeros_like(scores, dtype=torch.bool)
+            ok[:, vocab.first_item_id :] = True
+            ok &= ~torch.zeros_like(ok).scatter_(1, input_ids, True)
+            ok[:, 2] = (input_ids >= vocab.first_item_id).any(dim=1)
+            return scores.masked_fill(~ok, float("-inf"))
+
+    cases = [("France", [], 8), ("Spain", CODES[:3], 6), ("France", CODES[5:12], 5)]
+    body = {
+        "instances": [
+            {"country": c, "prefix": p, "max_items": k, "temperature": 0} for c, p, k in cases
+        ]
+    }
+
+    async def call() -> dict:
+        return model.postprocess(await model.predict(await model.preprocess(body)))
+
+    predictions = asyncio.run(call())["predictions"]
+    for (country, prefix, k), pred in zip(cases, predictions, strict=True):
+        prompt = torch.tensor([vocab.encode(country, prefix)[:-1]])
+        with torch.inference_mode():
+            ids = lm.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=k,
+                logits_processor=LogitsProcessorList([Rules()]),
+                eos_token_id=2,
+                pad_token_id=PAD_ID,
+                do_sample=False,
+            )[0, prompt.shape[1] :].tolist()
+        ids = ids[: ids.index(2)] if 2 in ids else ids
+        (session,) = pred["sessions"]
+        assert session == {"country": country, "items": prefix + [vocab.tokens[i] for i in ids]}
