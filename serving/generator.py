@@ -14,8 +14,8 @@ prompts, then one decode step per token) when the export has it, and otherwise o
 
 Concurrent requests are batched: ``predict`` hands its jobs to a :class:`Batcher` that waits up
 to ``batch_wait_ms`` for more (or until ``MAX_BATCH_ROWS`` sessions are queued) and decodes them
-all in one ORT batch. Each job keeps its own random generator and draws a fixed count per step,
-so a seeded request gets the same sessions alone or batched with others.
+all in one ORT batch. Each job draws its uniforms from its own random generator, one per row and
+step, before decoding, so a seeded request gets the same sessions alone or batched with others.
 """
 
 from __future__ import annotations
