@@ -124,3 +124,17 @@ def test_no_customer_history_in_the_info_log(servers):
     text = servers.recommender.log.read_text()
     for secret in ("17850", *b.HISTORIES["17850"], *b.HISTORIES["13047"]):
         assert secret not in text, secret
+
+
+def test_the_request_id_reaches_the_predictor(split):
+    r = httpx.post(
+        f"{split.transformer.base}/v1/models/recommender:predict",
+        json={"instances": [{"user_id": "17850", "k": 2}]},
+        headers={"x-request-id": "obs-hop-1"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    (front,) = access_lines(split.transformer.log, "obs-hop-1")
+    (back,) = access_lines(split.predictor.log, "obs-hop-1")
+    assert "role=transformer endpoint=predict status=200" in front
+    assert "role=predictor endpoint=infer status=200" in back
