@@ -35,6 +35,35 @@ METADATA = "metadata.json"
 INPUT_NAME, OUTPUT_NAME = "item_ids", "scores"
 
 
+def check_item_ids(item_ids: np.ndarray, n_items: int) -> np.ndarray:
+    """Check a batch of histories before it reaches the graph; returns it as int64.
+
+    The graph's embedding lookups index tables of ``n_items + 1`` rows: an index outside
+    ``0..n_items`` would read out of bounds (ONNX Runtime fails the run, or worse, depending on
+    the provider), so every caller of the ONNX model checks first. Serving does too.
+
+    Raises:
+        InputError: ``item_ids`` is not a 2-D integer array, or an index is outside 0..n_items
+            (0 is padding); the message names the first bad value and its position.
+    """
+    arr = np.asarray(item_ids)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(
+            f"item_ids must be a 2-D integer array [batch, history], got shape {arr.shape} "
+            f"dtype {arr.dtype}",
+            column="item_ids",
+        )
+    bad = (arr < 0) | (arr > n_items)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise InputError(
+            f"item_ids[{row}][{col}]={int(arr[row, col])} is outside 0..{n_items} "
+            "(0 is padding, 1..n_items are catalogue items)",
+            column="item_ids",
+        )
+    return arr.astype(np.int64, copy=False)
+
+
 def _histories(training_dir: Path, n: int) -> list[list[int]]:
     """Up to ``n`` real customer histories (longest first), the inputs the parity check uses."""
     seq = art.read_parquet(training_dir / art.TRAIN_SEQUENCES, ("source", "items"))
@@ -193,6 +222,8 @@ def export_recommender(
         "n_items": config.n_items,
         "max_history": config.max_history,
         "padding_index": 0,
+        # Callers must range-check inputs with check_item_ids before running the graph.
+        "item_id_range": [0, config.n_items],
         "parity": parity,
         **graph,
     }

@@ -23,7 +23,12 @@ from components.common.recommender_model import (
     load_recommender,
 )
 from components.export.config import ExportConfig
-from components.export.recommender import ExportError, check_parity, export_recommender
+from components.export.recommender import (
+    ExportError,
+    check_item_ids,
+    check_parity,
+    export_recommender,
+)
 
 N_ITEMS = 40
 MAX_HISTORY = 12
@@ -139,7 +144,7 @@ def test_parity_failure_raises(exported: tuple) -> None:
     _, recommender, training, out = exported
     model = load_recommender(recommender)
     with torch.no_grad():
-        model.head.weight[5] += 0.5  # torch now differs from the exported graph
+        model.head.weight[5, 0] += 0.5  # torch now differs from the exported graph
     histories = [[1, 2, 3], [4, 5]]
     with pytest.raises(ExportError, match="parity_atol"):
         check_parity(
@@ -163,3 +168,18 @@ def test_missing_weights_is_an_input_error(tmp_path: Path) -> None:
 def test_bad_config_raises(bad: dict) -> None:
     with pytest.raises(ValidationError):
         ExportConfig(**bad)
+
+
+def test_item_ids_are_range_checked_before_the_graph(exported: tuple) -> None:
+    metadata, _, _, _ = exported
+    assert metadata["item_id_range"] == [0, N_ITEMS]
+    ok = check_item_ids(np.array([[0, 1, N_ITEMS]], dtype=np.int32), N_ITEMS)
+    assert ok.dtype == np.int64 and ok.tolist() == [[0, 1, N_ITEMS]]
+    with pytest.raises(
+        InputError, match=rf"item_ids\[1\]\[0\]={N_ITEMS + 1} is outside 0..{N_ITEMS}"
+    ):
+        check_item_ids(np.array([[1, 2], [N_ITEMS + 1, 3]]), N_ITEMS)
+    with pytest.raises(InputError, match=r"item_ids\[0\]\[1\]=-1"):
+        check_item_ids(np.array([[1, -1]]), N_ITEMS)
+    with pytest.raises(InputError, match="2-D integer"):
+        check_item_ids(np.array([1.0, 2.0]), N_ITEMS)
