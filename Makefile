@@ -9,7 +9,7 @@ CONFIG ?= configs/demo.yaml
 SOURCE ?= bundled
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast stop status lint compile clean bench-generator bench-recommender bench-serving
+.PHONY: install demo test test-fast stop status lint compile clean bench-generator bench-recommender bench-serving audit-nonprivate
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ lint: $(STAMP)
 
 compile: $(STAMP)
 	$(PY) -m pipelines.compile --output build/recsynth-pipeline.yaml
+
+# The pipeline without DP on the test slice: its audit must fail and block deployment. It keeps
+# its own ledger (runs/nonprivate-audit-ledger.jsonl), since a run without DP makes a dataset's
+# recorded spend unbounded.
+audit-nonprivate: $(STAMP)
+	$(PY) -m pipelines.local --config configs/nonprivate-audit.yaml --source $(SOURCE)
 
 # Benchmarks print their figures as ratios against a baseline measured in the same run, and write
 # bench/results/<name>.json. BENCH_ARGS passes flags through (e.g. BENCH_ARGS=--quick).

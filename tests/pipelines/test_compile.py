@@ -120,3 +120,24 @@ def test_missing_config_is_exit_2(tmp_path, capsys):
     assert code == 2
     assert "nope.yaml" in capsys.readouterr().err
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_ledger_pvc_is_mounted_in_the_ledger_steps_only(tmp_path):
+    path = tmp_path / "with-pvc.yaml"
+    assert (
+        compile_cli.main(
+            ["--output", str(path), "--config", TEST_CONFIG, "--ledger-pvc", "recsynth-ledger"]
+        )
+        == 0
+    )
+    docs = list(yaml.safe_load_all(path.read_text()))
+    platform = next(d for d in docs if "platforms" in d)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounted = {
+        name: [(m["constant"], m["mountPath"]) for m in spec.get("pvcMount", [])]
+        for name, spec in executors.items()
+    }
+    ledger_steps = {name for name, mounts in mounted.items() if mounts}
+    assert ledger_steps == {"exec-budget-check", "exec-dp-audit"}
+    for name in ledger_steps:
+        assert mounted[name] == [("recsynth-ledger", "/mnt/recsynth-ledger")]
