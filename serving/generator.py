@@ -2,7 +2,7 @@
 
 A session is the token sequence ``[bos, country, [month], [band], prefix..., items..., eos]``
 (month and band only where the vocabulary has them: see the conditioning contract in
-docs/serving-generator.md). Each condition is forced to the value asked for, or is sampled by the
+docs/serving.md). Each condition is forced to the value asked for, or is sampled by the
 model among that condition's tokens only; the prefix is forced; then item tokens or eos are
 sampled with everything else masked (pad, bos, unk and condition tokens never reach the output),
 each item at most once per session, and eos only once the session holds an item.
@@ -112,7 +112,7 @@ def _id_group(raw: Any, name: str, path: Path) -> dict[int, int] | None:
 
 @dataclass
 class Vocab:
-    """``vocab.json`` (format in docs/serving-generator.md and the project's common contract).
+    """``vocab.json`` (format in docs/serving.md and the project's common contract).
 
     ``months`` (1..12 -> id) and ``price_bands`` (0..B-1 -> id) are None for a vocabulary trained
     without that conditioning.
