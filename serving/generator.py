@@ -950,7 +950,7 @@ class GeneratorModel(BlockingModel):
         if result["protocol"] == "v1":
             return {
                 "predictions": [
-                    {"sessions": sessions, "model_version": self.version}
+                    {"sessions": sessions, "model_version": self.version, "variant": self.variant}
                     for sessions in result["results"]
                 ]
             }

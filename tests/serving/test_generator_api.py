@@ -26,6 +26,7 @@ def test_sessions_are_distinct_real_codes_after_the_prefix(servers):
     sessions = pred["sessions"]
     assert len(sessions) == 3
     assert pred["model_version"] == "gen-test-1"
+    assert pred["variant"] == "stable"
     for s in sessions:
         assert s["items"][0] == "85123A"
         assert set(s["items"]) <= set(b.GEN_CODES)
