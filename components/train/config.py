@@ -31,8 +31,10 @@ class TrainConfig(StrictModel):
     max_history: int = Field(default=20, ge=2)
     dropout: float = Field(default=0.1, ge=0, lt=1)
     # Width of the fixed MiniLM content basis the output layer scores against; 0 turns it off
-    # (then an item with no purchases has no useful score).
-    content_dim: int = Field(default=32, ge=0)
+    # (then an item with no purchases has no useful score). Under DP-SGD the content part is
+    # scored per position: on the demo data a DP epoch took 19.4 CPU s at width 32 against 15.0
+    # at 0, so the default is 16.
+    content_dim: int = Field(default=16, ge=0)
     # Share of items whose per-item output weight is hidden in each training step, so the
     # content part learns to score items on its own (what an item nobody bought relies on).
     id_dropout: float = Field(default=0.1, ge=0, lt=1)
