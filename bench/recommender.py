@@ -36,6 +36,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ NO_REAL_TIME = {"amazon_beauty"}
 # width 64, 2 blocks, dropout 0.5); the shop datasets the train step's defaults.
 TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
     "amazon_beauty": {
+        "content_dim": 32,
         "d_model": 64,
         "n_layers": 2,
         "n_heads": 1,
@@ -246,9 +248,34 @@ def _valid_cases(ts: TrainingSet) -> tuple[list[list[int]], list[int]]:
     return [list(h) for h in e["history"]], [int(v) for v in e["valid_item"]]
 
 
-def _metrics(scores: np.ndarray, cases: dict[str, Any], negatives: np.ndarray) -> dict[str, Any]:
-    rank = ev.ranks(scores, cases["hist"], cases["target"])
-    recommended = ev.top_k(scores, cases["hist"], K)
+CHUNK = 2048  # test cases scored at once: a full score matrix of Beauty would take GBs
+
+
+def _ranked(
+    score_fn: Callable[[list[list[int]]], np.ndarray],
+    hist: list[list[int]],
+    target: list[int],
+    negatives: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Full-catalogue ranks, top-k lists and (with negatives) sampled ranks, chunk by chunk."""
+    ranks, recommended, sampled = [], [], []
+    for start in range(0, len(hist), CHUNK):
+        h, t = hist[start : start + CHUNK], target[start : start + CHUNK]
+        scores = np.asarray(score_fn(h), dtype=np.float64)
+        ranks.append(ev.ranks(scores, h, t))
+        recommended.append(ev.top_k(scores, h, K))
+        if negatives is not None:
+            sampled.append(ev.sampled_ranks(scores, t, negatives[start : start + CHUNK]))
+    cat = (lambda xs: np.concatenate(xs)) if hist else (lambda xs: np.zeros(0, dtype=np.int64))
+    return cat(ranks), cat(recommended), cat(sampled) if negatives is not None else None
+
+
+def _metrics(
+    score_fn: Callable[[list[list[int]]], np.ndarray],
+    cases: dict[str, Any],
+    negatives: np.ndarray,
+) -> dict[str, Any]:
+    rank, recommended, sampled = _ranked(score_fn, cases["hist"], cases["target"], negatives)
     out: dict[str, Any] = {}
     for name, mask in cases["slices"].items():
         if not mask.any():
@@ -258,8 +285,7 @@ def _metrics(scores: np.ndarray, cases: dict[str, Any], negatives: np.ndarray) -
         m["coverage"] = ev.coverage(recommended[mask], cases["n_items"])
         m["n"] = int(mask.sum())
         out[name] = m
-    target = np.asarray(cases["target"])
-    out["sampled"] = ev.ranking_metrics(ev.sampled_ranks(scores, target, negatives), K)
+    out["sampled"] = ev.ranking_metrics(sampled, K)
     return out
 
 
@@ -280,8 +306,7 @@ def _fit_and_score(
     cfg: TrainConfig,
     seed: int,
     n_units: int,
-    histories: list[list[int]],
-) -> tuple[np.ndarray, dict[str, float]]:
+) -> tuple[Callable[[list[list[int]]], np.ndarray], dict[str, float]]:
     data = next_item_records(
         sequences["items"].tolist(), sequences["weight"].tolist(), cfg.max_history
     )
@@ -302,8 +327,11 @@ def _fit_and_score(
         "step_cpu_ms": 1000 * float(sum(result.epoch_cpu_seconds)) / steps,
         "epsilon": result.record.epsilon,
     }
-    scores = ev.model_scores(result.model, histories, max_history=cfg.max_history, batch_size=512)
-    return scores, timing
+
+    def score_fn(histories: list[list[int]]) -> np.ndarray:
+        return ev.model_scores(result.model, histories, max_history=cfg.max_history, batch_size=512)
+
+    return score_fn, timing
 
 
 def _mix(ts: TrainingSet, weight: float, amount: float) -> pd.DataFrame:
@@ -322,10 +350,10 @@ def _select_mix(
     best: dict[str, float] = {}
     for weight in args.weights:
         for amount in args.amounts:
-            scores, _ = _fit_and_score(
-                "select", ts, _mix(ts, weight, amount), cfg, args.seeds[0], n_real, hist
+            score_fn, _ = _fit_and_score(
+                "select", ts, _mix(ts, weight, amount), cfg, args.seeds[0], n_real
             )
-            ndcg = ev.ranking_metrics(ev.ranks(scores, hist, target), K)[f"ndcg@{K}"]
+            ndcg = ev.ranking_metrics(_ranked(score_fn, hist, target)[0], K)[f"ndcg@{K}"]
             logger.info("mix weight=%.2f amount=%.2f: valid NDCG@10 %.4f", weight, amount, ndcg)
             if not best or ndcg > best["valid_ndcg@10"]:
                 best = {"weight": weight, "amount": amount, "valid_ndcg@10": ndcg}
@@ -376,13 +404,14 @@ def run_protocol(args: argparse.Namespace, dataset: str, protocol: str) -> dict[
 
     # Baselines do not depend on epsilon or seed.
     if "popularity" in models:
-        pop = ev.popularity_scores(ts_real.popularity, len(cases["hist"]))
-        out["popularity"] = {"none": _summarise([_metrics(pop, cases, negatives)])}
+
+        def pop_fn(h: list[list[int]]) -> np.ndarray:
+            return ev.popularity_scores(ts_real.popularity, len(h))
+
+        out["popularity"] = {"none": _summarise([_metrics(pop_fn, cases, negatives)])}
     if "cooc_knn" in models:
         knn = CooccurrenceKNN(ts_real.real["items"].tolist(), cases["n_items"])
-        out["cooc_knn"] = {
-            "none": _summarise([_metrics(knn.scores(cases["hist"]), cases, negatives)])
-        }
+        out["cooc_knn"] = {"none": _summarise([_metrics(knn.scores, cases, negatives)])}
 
     for eps in args.epsilons:
         cfg = _train_cfg(dataset, eps, args.epochs)
@@ -390,7 +419,7 @@ def run_protocol(args: argparse.Namespace, dataset: str, protocol: str) -> dict[
             runs = []
             for seed in args.seeds:
                 scores, timing = _fit_and_score(
-                    "real_only", ts_real, ts_real.real, cfg, seed, n_real, cases["hist"]
+                    "real_only", ts_real, ts_real.real, cfg, seed, n_real
                 )
                 runs.append({**_metrics(scores, cases, negatives), "timing": timing})
             out.setdefault("real_only", {})[eps] = _summarise(runs)
@@ -415,7 +444,7 @@ def run_protocol(args: argparse.Namespace, dataset: str, protocol: str) -> dict[
                 # Touches no real record: trained without DP (the generator's epsilon covers it).
                 syn_cfg = _train_cfg(dataset, "none", args.epochs)
                 scores, timing = _fit_and_score(
-                    "synthetic_only", ts, syn, syn_cfg, seed, max(1, len(syn)), cases["hist"]
+                    "synthetic_only", ts, syn, syn_cfg, seed, max(1, len(syn))
                 )
                 syn_runs["synthetic_only"].append(
                     {**_metrics(scores, cases, negatives), "timing": timing}
@@ -430,7 +459,6 @@ def run_protocol(args: argparse.Namespace, dataset: str, protocol: str) -> dict[
                     cfg,
                     seed,
                     n_real,
-                    cases["hist"],
                 )
                 syn_runs["real_plus_synthetic"].append(
                     {**_metrics(scores, cases, negatives), "timing": timing}

@@ -68,6 +68,10 @@ class RecommenderConfig(StrictModel):
     # weights explain every purchase and the content part learns nothing an unbought item could
     # use. 0 turns it off.
     id_dropout: float = Field(default=0.0, ge=0, lt=1)
+    # Score items against the input item embeddings (SASRec's tying) instead of a separate
+    # output matrix: fewer parameters, a strong regulariser on sparse data. Opacus' ghost
+    # clipping cannot handle a layer used twice, so DP training keeps it off.
+    tie_output: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> RecommenderConfig:
@@ -189,7 +193,7 @@ class SequentialRecommender(nn.Module):
         self.ln_final = nn.LayerNorm(d)
         # No bias: a per-item bias of an item that never appears as a target only ever gets
         # pushed down, which would bury cold items that content alone should surface.
-        self.head = nn.Linear(d, vocab, bias=False)
+        self.head = None if config.tie_output else nn.Linear(d, vocab, bias=False)
         self.register_buffer("text_basis", content_basis(text, config.content_dim))
         self.content_query = nn.Linear(d, config.content_dim) if config.content_dim else None
         self.band_query = nn.Linear(d, config.n_price_bands + 1)
@@ -239,7 +243,8 @@ class SequentialRecommender(nn.Module):
         the content and band parts are linear in ``h``, so their weights can be gathered per
         item once and the catalogue scored with a single matrix product.
         """
-        head = self.head.weight if keep is None else self.head.weight * keep[:, None]
+        weight = self.item_emb.weight if self.head is None else self.head.weight
+        head = weight if keep is None else weight * keep[:, None]
         table = head + self.band_query.weight[self.band_table]
         bias = self.band_query.bias[self.band_table]
         if self.content_query is not None:
@@ -260,6 +265,8 @@ class SequentialRecommender(nn.Module):
         if fused:
             table, bias = self.output_table(keep)
             return h @ table.T + bias
+        if self.head is None:
+            raise ConfigError("tie_output models score through the fused path only (no DP)")
         item_part = self.head(h) if keep is None else self.head(h) * keep
         scores = item_part + self.band_query(h)[..., self.band_table]
         if self.content_query is not None:

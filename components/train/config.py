@@ -42,6 +42,9 @@ class TrainConfig(StrictModel):
     # so an item nobody bought is never trained towards "not bought" and content scores it (a
     # new item). Ignored with DP, where that item set is itself private.
     mask_unseen_items: bool = True
+    # Output scores use the input item embeddings (SASRec's weight tying). Without DP only:
+    # Opacus' ghost clipping refuses a layer used twice.
+    tie_output: bool = False
     epochs: int = Field(default=5, ge=1)
     # Expected batch size: with Poisson sampling each sequence joins a step with probability
     # batch_size / n_sequences, so actual batches vary around this.
@@ -61,5 +64,10 @@ class TrainConfig(StrictModel):
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"train.d_model={self.d_model} must be divisible by train.n_heads={self.n_heads}"
+            )
+        if self.tie_output and self.dp.enabled:
+            raise ConfigError(
+                "train.tie_output=true needs train.dp.enabled=false: ghost clipping cannot "
+                "clip a layer used twice"
             )
         return self

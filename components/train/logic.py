@@ -184,6 +184,7 @@ def model_config_for(cfg: TrainConfig, ts: TrainingSet) -> RecommenderConfig:
         dropout=cfg.dropout,
         content_dim=cfg.content_dim,
         id_dropout=cfg.id_dropout,
+        tie_output=cfg.tie_output,
     )
 
 

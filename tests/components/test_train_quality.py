@@ -195,3 +195,29 @@ def test_cooccurrence_knn_recommends_bought_together() -> None:
     # No history: popularity tie-break only (1 and 2 are the most bought).
     assert int(np.argmax(scores[2])) in (1, 2)
     assert scores[0, 0] == -np.inf
+
+
+def test_tied_output_scores_with_the_input_embeddings() -> None:
+    torch.manual_seed(2)
+    cfg = RecommenderConfig(
+        n_items=N_ITEMS,
+        n_price_bands=1,
+        d_model=16,
+        n_heads=2,
+        dropout=0.0,
+        content_dim=0,
+        tie_output=True,
+    )
+    text = torch.zeros(N_ITEMS + 1, 384)
+    model = SequentialRecommender(cfg, text, torch.zeros(N_ITEMS + 1, dtype=torch.long)).eval()
+    assert model.head is None
+    h = torch.randn(3, 16)
+    expected = h @ model.item_emb.weight.T + model.band_query(h)[:, model.band_table]
+    torch.testing.assert_close(model.score_states(h), expected, atol=1e-5, rtol=0)
+
+
+def test_tied_output_refuses_dp() -> None:
+    from components.common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tie_output"):
+        TrainConfig.model_validate({"tie_output": True, "dp": {"enabled": True}})
