@@ -95,6 +95,18 @@ INGEST_SETTINGS: dict[str, dict[str, Any]] = {
     "amazon_beauty": {"dataset": "amazon_beauty", "min_items_per_customer": 1, "price_bands": 1},
     "diginetica": {"dataset": "diginetica", "min_items_per_customer": 2, "price_bands": 1},
 }
+PROTOCOL_NOTES = {
+    "sampled": "target vs 99 negatives drawn uniformly without replacement from items the "
+    "customer never interacted with (history, valid and test excluded); ties count against the "
+    "target; negatives seeded (seed 0) and shared by all models",
+    "cold_users": f"test cases with at most {COLD_USER_MAX} earlier purchases",
+    "cold_items": "test items no real training customer bought (leave_last_out) or first seen "
+    "at or after the cutoff (temporal)",
+    "epsilon": "real_only: recommender epsilon; synthetic_only: generator epsilon (recommender "
+    "without DP); real_plus_synthetic: generator and recommender each at epsilon (2x by basic "
+    "composition); popularity and cooc_knn are non-private",
+    "mix": "synthetic weight and amount chosen on validation NDCG@10 with the first seed",
+}
 SOURCES = {"online_retail": "bundled", "amazon_beauty": "shared", "diginetica": "shared"}
 
 
@@ -380,8 +392,17 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_protocol(args: argparse.Namespace, dataset: str, protocol: str) -> dict[str, Any]:
-    """Every model and epsilon of one dataset under one protocol."""
+def run_protocol(
+    args: argparse.Namespace,
+    dataset: str,
+    protocol: str,
+    save: Callable[[dict[str, Any]], None] = lambda block: None,
+) -> dict[str, Any]:
+    """Every model and epsilon of one dataset under one protocol.
+
+    ``save`` is called with the block so far after the baselines and after each epsilon, so an
+    interrupted run keeps what it finished.
+    """
     cache = Path(args.cache)
     cleaned = _ingest(dataset, cache)
     root = cache / dataset / protocol
@@ -413,7 +434,9 @@ def run_protocol(args: argparse.Namespace, dataset: str, protocol: str) -> dict[
         knn = CooccurrenceKNN(ts_real.real["items"].tolist(), cases["n_items"])
         out["cooc_knn"] = {"none": _summarise([_metrics(knn.scores, cases, negatives)])}
 
+    save(out)
     for eps in args.epsilons:
+        save(out)
         cfg = _train_cfg(dataset, eps, args.epochs)
         if "real_only" in models:
             runs = []
@@ -469,6 +492,7 @@ def run_protocol(args: argparse.Namespace, dataset: str, protocol: str) -> dict[
                 if name == "real_plus_synthetic":
                     out[name][eps]["mix"] = mix
                 _log_row(dataset, protocol, name, eps, out[name][eps])
+    save(out)
     return out
 
 
@@ -568,48 +592,49 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     results: dict[str, Any] = {"datasets": {}, "skipped": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if args.merge and out.is_file() else None
+
+    def save(partial: bool) -> None:
+        results["wall_seconds"] = time.perf_counter() - started
+        results["complete"] = not partial
+        results["settings"] = {
+            k: v for k, v in vars(args).items() if k not in ("cache", "out", "threads")
+        }
+        results["train_settings"] = TRAIN_SETTINGS
+        results["protocol_notes"] = PROTOCOL_NOTES
+        written = results
+        if previous is not None:
+            # Runs of different datasets/protocols (e.g. in parallel) add up in one file.
+            written = json.loads(json.dumps(previous))
+            for dataset, protocols in results["datasets"].items():
+                written.setdefault("datasets", {}).setdefault(dataset, {}).update(protocols)
+            written.setdefault("skipped", {}).update(results["skipped"])
+            written.setdefault("runs", []).append(
+                {"settings": results["settings"], "wall_seconds": results["wall_seconds"]}
+            )
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(written, indent=1, default=float))
+        tmp.replace(out)
+
     for dataset in args.datasets:
         for protocol in args.protocols:
             if protocol == "temporal" and dataset in NO_REAL_TIME:
                 results["skipped"][f"{dataset}/{protocol}"] = "no real timestamps in the data"
                 continue
+
+            def save_block(block: dict[str, Any], dataset: str = dataset, protocol: str = protocol):
+                results["datasets"].setdefault(dataset, {})[protocol] = block
+                save(partial=True)
+
             try:
-                block = run_protocol(args, dataset, protocol)
+                run_protocol(args, dataset, protocol, save_block)
             except InputError as exc:
                 # A dataset that is not on this machine is skipped, with the reason.
                 results["skipped"][f"{dataset}/{protocol}"] = str(exc)
                 logger.warning("skipping %s/%s: %s", dataset, protocol, exc)
-                continue
-            results["datasets"].setdefault(dataset, {})[protocol] = block
-    results["wall_seconds"] = time.perf_counter() - started
-    results["settings"] = {
-        k: v for k, v in vars(args).items() if k not in ("cache", "out", "threads")
-    }
-    results["train_settings"] = TRAIN_SETTINGS
-    results["protocol_notes"] = {
-        "sampled": "target vs 99 negatives drawn uniformly without replacement from items the "
-        "customer never interacted with (history, valid and test excluded); ties count against "
-        "the target; negatives seeded (seed 0) and shared by all models",
-        "cold_users": f"test cases with at most {COLD_USER_MAX} earlier purchases",
-        "cold_items": "test items no real training customer bought (leave_last_out) or first "
-        "seen at or after the cutoff (temporal)",
-        "epsilon": "real_only: recommender epsilon; synthetic_only: generator epsilon (recommender "
-        "without DP); real_plus_synthetic: generator and recommender each at epsilon (2x by "
-        "basic composition); popularity and cooc_knn are non-private",
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.merge and out.is_file():
-        # Runs of different datasets/protocols (e.g. in parallel) add up in one results file.
-        previous = json.loads(out.read_text())
-        for dataset, protocols in results["datasets"].items():
-            previous.setdefault("datasets", {}).setdefault(dataset, {}).update(protocols)
-        previous.setdefault("skipped", {}).update(results["skipped"])
-        previous.setdefault("runs", []).append(
-            {"settings": results["settings"], "wall_seconds": results["wall_seconds"]}
-        )
-        results = {**results, **previous}
-    out.write_text(json.dumps(results, indent=1, default=float))
+    save(partial=False)
     print(format_table(results))
     print(f"wall time {results['wall_seconds']:.0f} s; results in {out}")
     return 0
