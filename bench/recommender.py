@@ -82,10 +82,13 @@ TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
         "n_heads": 1,
         "max_history": 50,
         "dropout": 0.5,
-        "epochs": 12,
+        "epochs": 4,
         "batch_size": 256,
         "learning_rate": 2e-3,
         "id_dropout": 0.0,
+        # SASRec's tying: sampled HR@10 0.4935 after 4 epochs, against 0.451 (3 epochs) and
+        # 0.434 (12 epochs) untied; only without DP (the DP rows fall back to untied).
+        "tie_output": True,
     },
     "online_retail": {"epochs": 5, "max_history": 20},
     "diginetica": {"epochs": 5, "max_history": 20},
@@ -308,6 +311,8 @@ def _train_cfg(dataset: str, eps: str, epochs: int | None) -> TrainConfig:
     settings["dp"] = (
         {"enabled": False} if eps == "none" else {"enabled": True, "target_epsilon": float(eps)}
     )
+    if eps != "none":
+        settings["tie_output"] = False  # ghost clipping cannot clip a layer used twice
     return TrainConfig.model_validate(settings)
 
 
