@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from components.common import ledger
 from components.common.config import load_config
 from pipelines import local
 
@@ -65,11 +66,15 @@ def test_audit_passes_and_deploy_runs(tmp_path, capsys):
     cleaning = json.loads(
         (result.task_dir("ingest") / "cleaned" / "cleaning_report.json").read_text()
     )
+    # budget_check reserved the run's whole budget; dp_audit's spend replaced it.
     entries = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    assert len(entries) == 1
-    assert entries[0]["dataset_sha256"] == cleaning["dataset_sha256"]
-    assert entries[0]["run_id"] == "gate-open"
-    assert entries[0]["epsilon"] == pytest.approx(audit["total_epsilon"])
+    assert [e["kind"] for e in entries] == ["reservation", "spend"]
+    assert {e["dataset_sha256"] for e in entries} == {cleaning["dataset_sha256"]}
+    assert {e["run_id"] for e in entries} == {"gate-open"}
+    assert entries[0]["epsilon"] == 1000.0
+    assert entries[1]["epsilon"] == pytest.approx(audit["total_epsilon"])
+    ledger_spent = ledger.spent(tmp_path / "ledger.jsonl", cleaning["dataset_sha256"])
+    assert ledger_spent == pytest.approx(audit["total_epsilon"])
 
     # The deploy task really ran: its output exists with its content.
     deployment = result.task_dir("deploy") / "deployment"
@@ -120,7 +125,10 @@ def test_audit_fails_and_deploy_is_blocked(tmp_path):
     assert record["deployed"] is False
     # A failed audit still spent its epsilon: the trainings ran.
     entries = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    assert [e["epsilon"] for e in entries] == [pytest.approx(audit["total_epsilon"])]
+    assert [(e["kind"], e["epsilon"]) for e in entries] == [
+        ("reservation", 0.01),
+        ("spend", pytest.approx(audit["total_epsilon"])),
+    ]
 
 
 @pytest.mark.integration
@@ -137,7 +145,8 @@ def test_run_over_the_lifetime_budget_stops_before_training(tmp_path):
     assert (artifacts / "ingest").is_dir()
     for task in ("generate", "fuse", "train", "dp-audit"):
         assert not (artifacts / task).exists(), task
-    assert not (tmp_path / "ledger.jsonl").exists()
+    # A refused run reserves nothing (the locked check may leave an empty ledger file behind).
+    assert ledger.entries(tmp_path / "ledger.jsonl") == []
 
 
 @pytest.mark.integration
