@@ -452,6 +452,7 @@ def run_protocol(
                 runs.append({**_metrics(scores, cases, negatives), "timing": timing})
             out.setdefault("real_only", {})[eps] = _summarise(runs)
             _log_row(dataset, protocol, "real_only", eps, out["real_only"][eps])
+            save(out)
         if not needs_synthetic or dataset in args.no_synthetic:
             continue
         syn_runs: dict[str, list[dict[str, Any]]] = {
