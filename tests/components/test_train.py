@@ -92,6 +92,9 @@ def tiny_config(**overrides: object) -> TrainConfig:
         "batch_size": 32,
         "learning_rate": 1e-2,
         "dp": {"enabled": True, "target_epsilon": 8.0},
+        # These tests count customers and steps exactly; the audit's canaries and held-out
+        # customers have their own tests (tests/components/test_dp_audit*.py, test_canaries.py).
+        "canaries": {"enabled": False},
     }
     base.update(overrides)
     return TrainConfig.model_validate(base)
