@@ -49,9 +49,11 @@ compile: $(STAMP)
 	$(PY) -m pipelines.compile --output build/recsynth-pipeline.yaml
 
 # The pipeline without DP on the test slice: its audit must fail and block deployment. It keeps
-# its own ledger (runs/nonprivate-audit-ledger.jsonl), since a run without DP makes a dataset's
-# recorded spend unbounded.
+# its own throwaway ledger (runs/nonprivate-audit-ledger.jsonl), since a run without DP makes a
+# dataset's recorded spend unbounded and the ledger would refuse every later run on it; this
+# target starts that ledger afresh each time so the demonstration can be repeated.
 audit-nonprivate: $(STAMP)
+	rm -f runs/nonprivate-audit-ledger.jsonl
 	$(PY) -m pipelines.local --config configs/nonprivate-audit.yaml --source $(SOURCE)
 
 # Benchmarks print their figures as ratios against a baseline measured in the same run, and write
