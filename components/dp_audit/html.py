@@ -12,6 +12,8 @@ import io
 import json
 from typing import Any
 
+from components.common.htmltable import render_table
+
 _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:62rem;margin:2rem auto;color:#222}"
     "table{border-collapse:collapse;margin-bottom:1.5rem}"
@@ -82,20 +84,6 @@ def _rocs(mia_results: dict[str, dict[str, Any]]) -> str | None:
     return out
 
 
-def _table(columns: list[str], rows: list[list[Any]]) -> str:
-    parts = ["<table><tr>", *(f"<th>{html.escape(c)}</th>" for c in columns), "</tr>"]
-    for row in rows:
-        cells = []
-        for cell in row:
-            text = str(cell)
-            cls = ' class="fail"' if text in ("FAILED", "NO") else ""
-            cls = ' class="pass"' if text in ("PASSED", "yes") else cls
-            cells.append(f"<td{cls}>{html.escape(text)}</td>")
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</table>")
-    return "".join(parts)
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -118,7 +106,7 @@ def render(
         '<html lang="en"><head><meta charset="utf-8"><title>recsynth DP audit</title>',
         f"<style>{_CSS}</style></head><body>",
         "<h1>recsynth DP audit</h1>",
-        _table(
+        render_table(
             ["item", "value"],
             [
                 ["verdict", verdict],
@@ -135,7 +123,7 @@ def render(
         ),
         f"<p>Composition: {esc(audit['composition'])}.</p>",
         "<h2>Checks</h2>",
-        _table(
+        render_table(
             ["check", "passed", "detail"],
             [[c["name"], "yes" if c["passed"] else "NO", c["detail"]] for c in audit["checks"]],
         ),
@@ -161,7 +149,7 @@ def render(
     parts.append("<h2>Privacy ledger of this dataset</h2>")
     if ledger_entries:
         parts.append(
-            _table(
+            render_table(
                 ["recorded at", "run", "kind", "epsilon", "delta", "trainings"],
                 [
                     [

@@ -23,6 +23,7 @@ from components.common.artifacts import (
     write_json,
 )
 from components.common.errors import InputError
+from components.common.htmltable import render_table
 from components.common.steps import STEPS
 from components.report.config import ReportConfig
 
@@ -365,18 +366,8 @@ def render_html(cfg: ReportConfig, figures: dict[str, Any]) -> str:
     if figures.get("composition"):
         parts.append(f"<p>Privacy composition: {esc(figures['composition'])}.</p>")
     for heading, columns, rows in _sections(cfg, figures):
-        parts.append(f"<h2>{esc(heading)}</h2><table><tr>")
-        parts += [f"<th>{esc(c)}</th>" for c in columns]
-        parts.append("</tr>")
-        for row in rows:
-            cells = []
-            for cell in row:
-                text = str(cell)
-                cls = ' class="fail"' if text in ("FAILED", "NO") else ""
-                cls = ' class="pass"' if text in ("PASSED", "yes") else cls
-                cells.append(f"<td{cls}>{esc(text)}</td>")
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</table>")
+        parts.append(f"<h2>{esc(heading)}</h2>")
+        parts.append(render_table(columns, rows))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
