@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import logging
 import os
@@ -208,33 +207,6 @@ def _check_run_id(run_id: str) -> None:
         )
 
 
-def hide_dockerfile_folder() -> bool:
-    """Keep the repo's ``docker/`` folder (Dockerfiles) from passing for the docker SDK.
-
-    Run from the repository root, ``docker/`` is importable as a namespace package. kfp.local
-    imports its Docker task handler whenever ``import docker`` succeeds, and that handler fails
-    at import time on the missing ``docker.DockerClient``, so every local run would fail. Marking
-    the module absent makes kfp treat Docker as not installed, which it is not; the subprocess
-    runner is all this module uses.
-
-    Returns:
-        True when the folder was hidden.
-    """
-    loaded = sys.modules.get("docker", False)
-    if loaded is None:
-        return True
-    if loaded is not False:
-        if getattr(loaded, "__file__", None) is None and not hasattr(loaded, "DockerClient"):
-            sys.modules["docker"] = None  # type: ignore[assignment]
-            return True
-        return False
-    spec = importlib.util.find_spec("docker")
-    if spec is not None and spec.origin is None:  # a namespace package: a folder, not the SDK
-        sys.modules["docker"] = None  # type: ignore[assignment]
-        return True
-    return False
-
-
 def point_latest(runs_dir: Path, run_dir: Path) -> Path:
     """Point ``runs_dir/latest`` at ``run_dir`` (relative link, replaced atomically)."""
     link = runs_dir / LATEST
@@ -295,7 +267,6 @@ def run_local(
         ConfigError: the run id is not allowed or already used.
         PipelineFailed: a step failed; names the step and its error.
     """
-    hide_dockerfile_folder()
     from kfp import local
 
     console = console or sys.stdout

@@ -15,7 +15,7 @@ import pytest
 from components.deploy import manifests
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKER = ROOT / "docker"
+DOCKER = ROOT / "dockerfiles"
 DOCKERFILES = sorted(p.name for p in DOCKER.glob("*.Dockerfile"))
 
 

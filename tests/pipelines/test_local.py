@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import sys
 from pathlib import Path
 
 import pytest
@@ -121,17 +120,6 @@ def test_cli_invalid_config_is_exit_2(tmp_path, capsys):
     assert code == 2
     assert "generate.size" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
-
-
-def test_dockerfile_folder_does_not_pass_for_the_docker_sdk(tmp_path, monkeypatch):
-    (tmp_path / "docker").mkdir()
-    (tmp_path / "docker" / "pipeline.Dockerfile").write_text("FROM scratch\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "docker", raising=False)
-
-    assert local.hide_dockerfile_folder() is True
-    with pytest.raises(ImportError):
-        import docker  # noqa: F401
 
 
 def test_blocked_report_has_a_readable_label():

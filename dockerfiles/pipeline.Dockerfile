@@ -2,8 +2,8 @@
 # The image every pipeline step runs in: torch (CPU or CUDA), kfp, opacus, transformers, feast,
 # onnx and the project code with its bundled data sample.
 #
-#   docker build -f docker/pipeline.Dockerfile -t ghcr.io/recsynth/recsynth-pipeline:0.1.0 .
-#   docker build -f docker/pipeline.Dockerfile --build-arg TORCH_VARIANT=cu130 \
+#   docker build -f dockerfiles/pipeline.Dockerfile -t ghcr.io/recsynth/recsynth-pipeline:0.1.0 .
+#   docker build -f dockerfiles/pipeline.Dockerfile --build-arg TORCH_VARIANT=cu130 \
 #       -t ghcr.io/recsynth/recsynth-pipeline:0.1.0-cu130 .
 FROM python:3.11.11-slim-bookworm
 

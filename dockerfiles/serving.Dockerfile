@@ -6,7 +6,7 @@
 # with cuDNN 9; on a node without a GPU the server falls back to CPU unless
 # RECSYNTH_REQUIRE_GPU=1, which the GPU manifests set.
 #
-#   docker build -f docker/serving.Dockerfile -t ghcr.io/recsynth/recsynth-serving:0.1.0 .
+#   docker build -f dockerfiles/serving.Dockerfile -t ghcr.io/recsynth/recsynth-serving:0.1.0 .
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
