@@ -16,19 +16,20 @@ import datetime as dt
 import logging
 from typing import Any
 
-import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from serving.errors import BadRequest, UnknownModel
 from serving.kserve_compat import ModelNotFound
-from serving.validation import get_str, get_str_list, reject_unknown_keys
+from serving.validation import get_str, get_str_list, parse_json_object, reject_unknown_keys
 
 logger = logging.getLogger(__name__)
 
 PATH = "/v1/models/{model_name}/purchases"
 MAX_PUSH_ITEMS = 1000
 FIELDS = ("customer_id", "items", "ts")
+# What a body looks like, in the 400 for one that is not JSON or not an object.
+BODY_EXAMPLE = '{"customer_id": "...", "items": ["..."], "ts": "...Z"}'
 # A clock a little ahead of the server's is tolerated; a purchase far in the future would keep
 # its history "fresh" past the feature view's TTL.
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -63,22 +64,18 @@ def parse_ts(value: Any, field: str = "ts") -> dt.datetime:
 
 
 def parse_body(raw: bytes) -> tuple[str, list[str], dt.datetime]:
-    """Validate a purchases body; every problem is a 400 naming the field."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(
-            f"not valid JSON ({exc})",
-            field="body",
-            allowed='UTF-8 JSON: {"customer_id": "...", "items": ["..."], "ts": "...Z"}',
-        ) from exc
-    if not isinstance(body, dict):
-        raise BadRequest(
-            "the body must be a JSON object",
-            field="body",
-            value=type(body).__name__,
-            allowed='{"customer_id": ..., "items": [...]}',
-        )
+    """Validate a purchases body; every problem is a 400 naming the field.
+
+    Args:
+        raw: the request body as sent.
+
+    Returns:
+        ``(customer_id, items, ts)``; ``ts`` is now (UTC) when the body has none.
+
+    Raises:
+        BadRequest: not JSON, not an object, an unknown key, or a bad field (``body.<key>``).
+    """
+    body = parse_json_object(raw, BODY_EXAMPLE)
     reject_unknown_keys(body, FIELDS, "body")
     customer_id = get_str(body, "customer_id", "body")
     items = get_str_list(body, "items", "body", max_len=MAX_PUSH_ITEMS)

@@ -20,39 +20,59 @@ from serving.errors import BadRequest, PayloadTooLarge
 _MISSING = object()
 
 
+def parse_json_object(raw: Any, allowed: str) -> Mapping[str, Any]:
+    """A request body that must be a JSON object: raw bytes are parsed, a decoded value checked.
+
+    Args:
+        raw: the body as bytes (parsed here with the strict parser KServe uses: orjson, so no
+            NaN/Infinity and UTF-8 only), or a value a JSON decoder already produced (KServe
+            decodes a V1 body with a JSON content type itself; a JSON string body then arrives
+            as ``str`` and is refused as a string, not parsed a second time).
+        allowed: what the body should look like, for the messages, e.g. ``'{"instances": [...]}'``.
+
+    Returns:
+        The object.
+
+    Raises:
+        BadRequest: ``field`` "body": not valid JSON, or JSON that is not an object (``value``
+            then names the type it decoded to, e.g. ``str``).
+    """
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(
+                f"not valid JSON ({exc})",
+                field="body",
+                allowed=f"UTF-8 JSON without NaN/Infinity: {allowed}",
+            ) from exc
+    if not isinstance(raw, Mapping):
+        raise BadRequest(
+            "the body must be a JSON object",
+            field="body",
+            value=type(raw).__name__,
+            allowed=allowed,
+        )
+    return raw
+
+
 def instances_of(body: Any, *, max_instances: int) -> list[Mapping[str, Any]]:
     """The ``instances`` list of a V1 body, each an object.
 
     Args:
-        body: the decoded body. KServe passes the raw bytes through when the content type is not
-            JSON (curl's default is form-encoded); those are parsed here with the same strict
-            parser KServe uses (orjson: no NaN/Infinity, UTF-8 only).
+        body: the decoded body, or the raw bytes, which KServe passes through when the content
+            type is not JSON (curl's default is form-encoded): see :func:`parse_json_object`.
         max_instances: the documented limit; more is a 413.
 
     Returns:
         The instances.
 
     Raises:
-        BadRequest: the body is not an object, ``instances`` is missing, not a list, empty, or
-            holds something other than objects.
+        BadRequest: the body is not JSON or not an object, ``instances`` is missing, not a
+            list, empty, or holds something other than objects.
         PayloadTooLarge: more than ``max_instances`` instances.
     """
-    if isinstance(body, (bytes, bytearray, memoryview, str)):
-        try:
-            body = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(
-                f"not valid JSON ({exc})",
-                field="body",
-                allowed='UTF-8 JSON without NaN/Infinity: {"instances": [...]}',
-            ) from exc
-    if not isinstance(body, Mapping):
-        raise BadRequest(
-            "the body must be a JSON object",
-            field="body",
-            value=type(body).__name__,
-            allowed='{"instances": [...]}',
-        )
+    body = parse_json_object(body, '{"instances": [...]}')
     if "instances" not in body:
         raise BadRequest("missing", field="instances", allowed="a non-empty list of objects")
     unknown = sorted(set(body) - {"instances", "id", "parameters"})
