@@ -43,15 +43,17 @@ TARGET_RATIO = 2.0
 
 
 def _prompts(vocab: Any, n: int) -> list[dict[str, Any]]:
-    """``n`` condition sets cycling through the countries, months and bands (no prefix)."""
+    """``n`` condition sets cycling through countries, months, bands, categories (no prefix)."""
     countries = sorted(vocab.countries)
     months = sorted(vocab.months) if vocab.months else [None]
     bands = sorted(vocab.price_bands) if vocab.price_bands else [None]
+    categories = sorted(vocab.categories) if getattr(vocab, "categories", None) else [None]
     return [
         {
             "country": countries[i % len(countries)],
             "month": months[i % len(months)],
             "price_band": bands[(i // len(months)) % len(bands)],
+            "category": categories[i % len(categories)],
         }
         for i in range(n)
     ]
@@ -88,6 +90,8 @@ def _torch_runner(lm: Any, vocab: Any, prompts: list[dict], max_new: int, sample
             row.append(vocab.months[p["month"]])
         if p["price_band"] is not None:
             row.append(vocab.price_bands[p["price_band"]])
+        if p.get("category") is not None:
+            row.append(vocab.categories[p["category"]])
         rows.append(row)
     ids = torch.tensor(rows)
     mode = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {}
@@ -130,6 +134,7 @@ def _onnx_runner(model: Any, prompts: list[dict], max_new: int, sample: bool) ->
             country=vocab.countries[p["country"]],
             month=None if p["month"] is None else vocab.months[p["month"]],
             price_band=None if p["price_band"] is None else vocab.price_bands[p["price_band"]],
+            category=None if p.get("category") is None else vocab.categories[p["category"]],
         )
         for i, p in enumerate(prompts)
     ]

@@ -76,6 +76,7 @@ INSTANCE_KEYS = (
     "country",
     "month",
     "price_band",
+    "category",
 )
 
 V2_INPUTS = {
@@ -89,9 +90,10 @@ V2_INPUTS = {
     "country": TensorSpec("BYTES"),
     "month": TensorSpec("INT32"),
     "price_band": TensorSpec("INT32"),
+    "category": TensorSpec("BYTES"),
 }
 
-V2_OUTPUTS = ("items", "length", "country", "month", "price_band")
+V2_OUTPUTS = ("items", "length", "country", "month", "price_band", "category")
 
 
 # vocabulary -------------------------------------------------------------------------------------
@@ -110,12 +112,25 @@ def _id_group(raw: Any, name: str, path: Path) -> dict[int, int] | None:
     return group
 
 
+def _name_group(raw: Any, name: str, path: Path) -> dict[str, int] | None:
+    """An optional ``{"NAME": id, ...}`` group of vocab.json (None when absent)."""
+    if raw is None:
+        return None
+    try:
+        group = {str(k): int(v) for k, v in dict(raw).items()}
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: {name} must map names to token ids: {exc}") from exc
+    if not group:
+        raise ModelLoadError(f"{path}: {name} is present but empty")
+    return group
+
+
 @dataclass
 class Vocab:
     """``vocab.json`` (format in docs/serving.md and the project's common contract).
 
-    ``months`` (1..12 -> id) and ``price_bands`` (0..B-1 -> id) are None for a vocabulary trained
-    without that conditioning.
+    ``months`` (1..12 -> id), ``price_bands`` (0..B-1 -> id) and ``categories`` (name -> id) are
+    None for a vocabulary trained without that conditioning.
     """
 
     tokens: list[str]
@@ -128,6 +143,7 @@ class Vocab:
     max_length: int
     months: dict[int, int] | None = None
     price_bands: dict[int, int] | None = None
+    categories: dict[str, int] | None = None
 
     @property
     def size(self) -> int:
@@ -139,8 +155,13 @@ class Vocab:
 
     @property
     def frame_tokens(self) -> int:
-        """Tokens around a session's items: bos, country, [month], [band], eos."""
-        return 3 + (self.months is not None) + (self.price_bands is not None)
+        """Tokens around a session's items: bos, country, [month], [band], [category], eos."""
+        return (
+            3
+            + (self.months is not None)
+            + (self.price_bands is not None)
+            + (self.categories is not None)
+        )
 
     @property
     def max_session_items(self) -> int:
@@ -163,6 +184,7 @@ class Vocab:
                 max_length=int(raw["max_length"]),
                 months=_id_group(raw.get("months"), "months", path),
                 price_bands=_id_group(raw.get("price_bands"), "price_bands", path),
+                categories=_name_group(raw.get("categories"), "categories", path),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelLoadError(f"{path}: missing or malformed field: {exc}") from exc
@@ -176,11 +198,13 @@ class Vocab:
             *vocab.countries.values(),
             *(vocab.months or {}).values(),
             *(vocab.price_bands or {}).values(),
+            *(vocab.categories or {}).values(),
         ]
         for i in [*specials, *conditions]:
             if not 0 <= i < vocab.first_item_id:
                 raise ModelLoadError(
-                    f"{path}: special/country/month/band id {i} is not below first_item_id "
+                    f"{path}: special/country/month/band/category id {i} is not below "
+                    f"first_item_id "
                     f"{vocab.first_item_id}"
                 )
         if len(set(specials + conditions)) != len(specials + conditions):
@@ -199,7 +223,8 @@ class Vocab:
 class Job:
     """One validated instance: ``n`` sessions sampled with the same options.
 
-    ``country``, ``month`` and ``price_band`` are token ids (None: sampled by the model).
+    ``country``, ``month``, ``price_band`` and ``category`` are token ids (None: sampled by the
+    model).
     ``top_k`` None and ``top_p`` None mean off; ``temperature`` 0 is greedy.
     """
 
@@ -213,6 +238,7 @@ class Job:
     country: int | None = None
     month: int | None = None
     price_band: int | None = None
+    category: int | None = None
     # Not a request parameter: the speed benchmark turns eos off so that every session decodes
     # exactly max_items tokens on both sides of the comparison.
     allow_eos: bool = True
@@ -415,8 +441,9 @@ def generate(
     so at step ``t`` a row is at script position ``len(prompt) - 1 + t``.
 
     Returns:
-        Per job, ``n`` sessions ``{"country", ["month"], ["price_band"], "items"}`` (month and
-        price_band where the vocabulary has them); items are stock codes, the prefix first.
+        Per job, ``n`` sessions ``{"country", ["month"], ["price_band"], ["category"], "items"}``
+        (month, price_band and category where the vocabulary has them); items are stock codes,
+        the prefix first.
     """
     size = vocab.size
     names = ["country"]
@@ -427,6 +454,9 @@ def generate(
     if vocab.price_bands is not None:
         names.append("price_band")
         groups.append(list(vocab.price_bands.values()))
+    if vocab.categories is not None:
+        names.append("category")
+        groups.append(list(vocab.categories.values()))
     group_masks = np.zeros((len(groups), size), dtype=bool)
     for g, ids in enumerate(groups):
         group_masks[g, ids] = True
@@ -546,6 +576,9 @@ def _session(vocab: Vocab, tokens: list[int]) -> dict[str, Any]:
         at += 1
     if vocab.price_bands is not None:
         session["price_band"] = {i: b for b, i in vocab.price_bands.items()}[tokens[at]]
+        at += 1
+    if vocab.categories is not None:
+        session["category"] = {i: c for c, i in vocab.categories.items()}[tokens[at]]
         at += 1
     items = tokens[at:]
     # The masks make anything else impossible; checked so a bug cannot emit a special token.
@@ -722,7 +755,7 @@ class GeneratorModel(BlockingModel):
         self.ready = True
         logger.info(
             "generator %s ready (%s decoding, batch wait %.1f ms): %d tokens (%d items, "
-            "%d countries, months %s, price bands %s), max_length %d",
+            "%d countries, months %s, price bands %s, categories %s), max_length %d",
             self.version,
             self.decoding,
             wait_ms,
@@ -731,6 +764,7 @@ class GeneratorModel(BlockingModel):
             len(vocab.countries),
             "yes" if vocab.months else "no",
             len(vocab.price_bands) if vocab.price_bands else "no",
+            len(vocab.categories) if vocab.categories else "no",
             vocab.max_length,
         )
         return self.ready
@@ -859,6 +893,7 @@ class GeneratorModel(BlockingModel):
                 + (" ..." if len(vocab.countries) > 10 else ""),
             )
         top_p = get_float(inst, "top_p", where, default=None, lo=0.0, hi=1.0, lo_open=True)
+        category = self._category(inst, where)
         return Job(
             prefix=prefix_ids,
             n=get_int(inst, "n", where, default=1, lo=1, hi=MAX_N),
@@ -874,7 +909,32 @@ class GeneratorModel(BlockingModel):
             country=None if country is None else vocab.countries[country],
             month=self._condition(inst, "month", where, vocab.months, "month"),
             price_band=self._condition(inst, "price_band", where, vocab.price_bands, "price band"),
+            category=category,
         )
+
+    def _category(self, inst: dict[str, Any], where: str) -> int | None:
+        """The token id of the optional ``category`` (a name); None to sample."""
+        if "category" not in inst:
+            return None
+        group = self.vocab.categories
+        if group is None:
+            raise BadRequest(
+                "this generator was trained without category conditioning",
+                field=f"{where}.category",
+                value=inst["category"],
+                has_value=True,
+                allowed="no category (omit the field)",
+            )
+        name = inst["category"]
+        if not isinstance(name, str) or name not in group:
+            raise BadRequest(
+                "unknown category" if isinstance(name, str) else "must be a category name (string)",
+                field=f"{where}.category",
+                value=name,
+                has_value=True,
+                allowed=", ".join(sorted(group)),
+            )
+        return group[name]
 
     def _v2_instance(self, request: InferRequest) -> dict[str, Any]:
         tensors = v2_tensors(request.inputs, V2_INPUTS)
@@ -898,11 +958,13 @@ class GeneratorModel(BlockingModel):
         return inst
 
     def _outputs(self) -> tuple[str, ...]:
-        """The V2 outputs this model produces (month and price_band where it has them)."""
+        """The V2 outputs this model produces (month, price_band, category where it has them)."""
         vocab = self.vocab
         skip = {"month"} if vocab is None or vocab.months is None else set()
         if vocab is None or vocab.price_bands is None:
             skip.add("price_band")
+        if vocab is None or vocab.categories is None:
+            skip.add("category")
         return tuple(o for o in V2_OUTPUTS if o not in skip)
 
     async def preprocess(
@@ -972,6 +1034,10 @@ class GeneratorModel(BlockingModel):
             if key in self._outputs():
                 values = np.array([s[key] for s in sessions], dtype=np.int32)
                 outputs.append(InferOutput(key, [n], "INT32", data=values))
+        if "category" in self._outputs():
+            outputs.append(
+                InferOutput("category", [n], "BYTES", data=[s["category"] for s in sessions])
+            )
         return self.v2_response(result, outputs)
 
     # metadata (GET /v2/models/generator) --------------------------------------------------
@@ -994,6 +1060,7 @@ class GeneratorModel(BlockingModel):
             "country": ("BYTES", [-1]),
             "month": ("INT32", [-1]),
             "price_band": ("INT32", [-1]),
+            "category": ("BYTES", [-1]),
         }
         return [
             {"name": name, "datatype": types[name][0], "shape": types[name][1]}

@@ -509,10 +509,11 @@ def export_generator(
 
 
 def _condition_records(vocab: ItemVocab, sequences: list[list[str]]) -> list[list[int]]:
-    """Token records of ``sequences``, cycling through the countries, months and price bands."""
+    """Token records of ``sequences``, cycling through countries, months, bands and categories."""
     countries = sorted(vocab.countries)
     months = sorted(int(m) for m in (getattr(vocab, "months", None) or {}))
     bands = sorted(int(b) for b in (getattr(vocab, "price_bands", None) or {}))
+    categories = sorted(getattr(vocab, "categories", None) or {})
     records = []
     for i, items in enumerate(sequences):
         conditions = {}
@@ -520,9 +521,11 @@ def _condition_records(vocab: ItemVocab, sequences: list[list[str]]) -> list[lis
             conditions["month"] = months[i % len(months)]
         if bands:
             conditions["price_band"] = bands[i % len(bands)]
+        if categories:
+            conditions["category"] = categories[i % len(categories)]
         records.append(vocab.encode(countries[i % len(countries)], items, **conditions))
     # A record without an item ([bos, conditions..., eos]) checks nothing the others do not.
-    frame = 3 + bool(months) + bool(bands)
+    frame = 3 + bool(months) + bool(bands) + bool(categories)
     return [r for r in records if len(r) > frame]
 
 

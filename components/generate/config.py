@@ -54,6 +54,9 @@ class GenerateConfig(StrictModel):
     # median price band of its items (needs items.parquet's price_band).
     condition_month: bool = True
     condition_price_band: bool = True
+    # A category token after the band where items.parquet has a category column with values
+    # (Amazon Beauty); a no-op for data without categories (Online Retail, Diginetica).
+    condition_category: bool = True
     # Loss weights of condition targets (country, month, band) and of eos against an item's 1
     # (train.SequenceLoss says why DP-SGD needs them). They shape what each customer's clipped
     # gradient teaches, not how much it may change the model, so the guarantee is unchanged.

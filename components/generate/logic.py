@@ -51,8 +51,11 @@ SYNTHETIC_SCHEMA = pa.schema(
         ("items", pa.list_(pa.string())),
         ("month", pa.int64()),
         ("price_band", pa.int64()),
+        ("category", pa.string()),
     ]
 )
+# The category of items without one, in a dataset where other items have one.
+OTHER_CATEGORY = "other"
 
 
 @contextlib.contextmanager
@@ -119,6 +122,47 @@ def read_price_bands(cleaned_dir: Path) -> dict[str, int]:
     return dict(zip(items["item_id"].astype(str), bands.astype(int), strict=True))
 
 
+def read_categories(cleaned_dir: Path) -> dict[str, str] | None:
+    """Each catalogue item's product category (``items.parquet``'s nullable category column).
+
+    Returns:
+        None when the dataset has no categories (no column, or every value null, as for Online
+        Retail and Diginetica); else item -> category name, items without one mapped to
+        :data:`OTHER_CATEGORY`.
+
+    Raises:
+        InputError: a category name is empty or would not fit in a ``<cat:NAME>`` token.
+    """
+    path = cleaned_dir / artifacts.ITEMS
+    schema = pq.read_schema(path)
+    if "category" not in schema.names:
+        return None
+    items = read_parquet(path, ["item_id", "category"])
+    present = items["category"].notna()
+    if not present.any():
+        return None
+    names = items["category"].where(present, OTHER_CATEGORY).astype(str)
+    bad = (names.str.strip() == "") | names.str.contains(r"[\s<>]", regex=True)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise InputError(
+            f"category {names.iloc[row]!r} must be a non-empty name without spaces, '<' or '>'",
+            file=str(path),
+            column="category",
+            row=row,
+        )
+    return dict(zip(items["item_id"].astype(str), names, strict=True))
+
+
+def session_category(items: list[str], categories: dict[str, str]) -> str:
+    """The most common category among ``items`` (ties: the smallest name)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        name = categories.get(item, OTHER_CATEGORY)
+        counts[name] = counts.get(name, 0) + 1
+    return min(counts, key=lambda name: (-counts[name], name))
+
+
 def training_histories(sequences: pd.DataFrame) -> pd.DataFrame:
     """The leave-last-out training part of each customer, with ``ts`` when ``sequences`` has it.
 
@@ -183,6 +227,7 @@ def customer_records(
     vocab: ItemVocab,
     *,
     bands: dict[str, int] | None = None,
+    categories: dict[str, str] | None = None,
     session_split: str = "history",
     max_sequences: int = 1,
     max_tokens: int | None = None,
@@ -193,8 +238,9 @@ def customer_records(
     sequences (``invoice`` split; ``history`` gives exactly one) of at most ``vocab.max_length``
     tokens each, and at most ``max_tokens`` tokens in all (default ``max_sequences *
     max_length``): older sequences are dropped first, then the oldest items of the last one.
-    Each sequence is ``[bos, country, month, band, items..., eos]`` (month of its first item's
-    purchase, lower median of its items' price bands; each only where the vocabulary has it).
+    Each sequence is ``[bos, country, month, band, category, items..., eos]`` (month of its
+    first item's purchase, lower median of its items' price bands, most common category of its
+    items; each only where the vocabulary has it).
     Items outside the vocabulary are dropped; a customer left without items is left out.
 
     Raises:
@@ -243,6 +289,11 @@ def customer_records(
                         if vocab.price_bands is None or bands is None
                         else _lower_median([bands[i] for i in seq_items])
                     ),
+                    category=(
+                        None
+                        if vocab.categories is None or categories is None
+                        else session_category(seq_items, categories)
+                    ),
                 )
             )
             left -= len(kept[-1])
@@ -253,8 +304,8 @@ def customer_records(
 def write_synthetic(path: Path, sessions: list[Session]) -> None:
     """Write ``synthetic_sessions.parquet`` with ids ``syn-000001``, ``syn-000002``, ...
 
-    Besides the contract's columns it carries each session's sampled month and price band
-    (null for a generator without that condition).
+    Besides the contract's columns it carries each session's sampled month, price band and
+    category (null for a generator without that condition).
     """
     table = pa.table(
         {
@@ -263,6 +314,7 @@ def write_synthetic(path: Path, sessions: list[Session]) -> None:
             "items": [list(s.items) for s in sessions],
             "month": [s.month for s in sessions],
             "price_band": [s.price_band for s in sessions],
+            "category": [s.category for s in sessions],
         },
         schema=SYNTHETIC_SCHEMA,
     )
@@ -274,6 +326,7 @@ def _vocabulary(
     catalogue: list[str],
     countries: pd.Series,
     bands: dict[str, int] | None,
+    categories: dict[str, str] | None = None,
 ) -> ItemVocab:
     """The vocabulary to train with: the pretrained folder's, or one built from the data."""
     if cfg.pretrained_path is not None:
@@ -304,6 +357,7 @@ def _vocabulary(
         cfg.max_length,
         months=cfg.condition_month,
         n_price_bands=n_bands,
+        categories=None if categories is None else sorted(set(categories.values())),
     )
 
 
@@ -334,6 +388,7 @@ def _quality(
     held_sequences: pd.DataFrame,
     vocab: ItemVocab,
     bands: dict[str, int] | None,
+    categories: dict[str, str] | None = None,
     cfg: GenerateConfig,
     seed: int,
 ) -> dict[str, Any] | None:
@@ -348,6 +403,7 @@ def _quality(
         held_sequences,
         vocab,
         bands=bands,
+        categories=categories,
         session_split=cfg.session_split,
         max_sequences=cfg.max_sequences_per_customer,
         max_tokens=cfg.max_tokens_per_customer,
@@ -413,7 +469,8 @@ def run(
     sequences, catalogue = read_sequences(cleaned_dir, with_ts=needs_ts)
     bands = read_price_bands(cleaned_dir) if cfg.condition_price_band else None
     train_part = training_histories(sequences)
-    vocab = _vocabulary(cfg, catalogue, train_part["country"], bands)
+    categories = read_categories(cleaned_dir) if cfg.condition_category else None
+    vocab = _vocabulary(cfg, catalogue, train_part["country"], bands, categories)
     # The customers the audit keeps out of training are the quality report's real reference.
     held_part = _held_out_part(sequences, cfg, seed=seed)
     # Audit: a seeded share of customers stays out of training (membership-inference non-members).
@@ -422,6 +479,7 @@ def run(
         train_part,
         vocab,
         bands=bands,
+        categories=categories,
         session_split=cfg.session_split,
         max_sequences=cfg.max_sequences_per_customer,
         max_tokens=cfg.max_tokens_per_customer,
@@ -507,6 +565,7 @@ def run(
                 held_sequences=held_part,
                 vocab=vocab,
                 bands=bands,
+                categories=categories,
                 cfg=cfg,
                 seed=seed,
             )
@@ -539,6 +598,7 @@ def run(
                     ("country", True),
                     ("month", vocab.months is not None),
                     ("price_band", vocab.price_bands is not None),
+                    ("category", vocab.categories is not None),
                 )
                 if on
             ],

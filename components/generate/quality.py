@@ -7,10 +7,10 @@ sessions of the same size as the synthetic set ("real reference": what a generat
 its training data would score, so a synthetic figure has a scale):
 
 - fidelity: Jensen-Shannon divergence (base 2, 0 = same distribution, 1 = disjoint) of item
-  popularity, session length, country, month and price band; overlap of item-to-next-item
-  transitions (share of the held-out transitions that also occur in the set, and share of the
-  set's transitions that occur in the held-out sessions); share of items that are catalogue items
-  and share of the catalogue that appears.
+  popularity, session length, country, month, price band and category (where present); overlap
+  of item-to-next-item transitions (share of the held-out transitions that also occur in the
+  set, and share of the set's transitions that occur in the held-out sessions); share of items
+  that are catalogue items and share of the catalogue that appears.
 - utility: a first-order next-item model (item-to-next-item counts, popularity for unseen items)
   fitted on the synthetic sessions only, and the same model fitted on the real training sessions,
   both scored on the held-out customers' last item given the rest (HR@10, NDCG@10).
@@ -103,6 +103,11 @@ def fidelity(
     for name, attr, support in (
         ("month", "month", list(range(1, 13))),
         ("price_band", "price_band", sorted({s.price_band for s in held_out} - {None})),
+        (
+            "category",
+            "category",
+            sorted({s.category for s in (*sessions, *held_out)} - {None}),
+        ),
     ):
         mine = [getattr(s, attr) for s in sessions if getattr(s, attr) is not None]
         theirs = [getattr(s, attr) for s in held_out if getattr(s, attr) is not None]
@@ -291,6 +296,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "jsd_country": _r(fid["jsd_country"]),
         "jsd_month": _r(fid["jsd_month"]),
         "jsd_price_band": _r(fid["jsd_price_band"]),
+        "jsd_category": _r(fid.get("jsd_category")),
         "transition_recall": _r(fid["transition_recall"]),
         "transition_precision": _r(fid["transition_precision"]),
         "catalogue_item_share": _r(fid["catalogue_item_share"]),
@@ -416,6 +422,7 @@ def render_html(report: dict[str, Any], figures: list[tuple[str, str]]) -> str:
             "jsd_country",
             "jsd_month",
             "jsd_price_band",
+            "jsd_category",
             "transition_recall",
             "transition_precision",
             "catalogue_item_share",

@@ -2,10 +2,10 @@
 
 A sequence is decoded token by token from ``[bos]`` with the model's key/value cache:
 
-1. the conditions, in vocabulary order: country, then month and price band where the vocabulary
-   has them. A condition the caller gives is forced as that position's token; one not given is
-   drawn from the model, restricted to that condition's token group (so the country mix, for
-   instance, is the DP model's, never copied from a real customer);
+1. the conditions, in vocabulary order: country, then month, price band and category where the
+   vocabulary has them. A condition the caller gives is forced as that position's token; one
+   not given is drawn from the model, restricted to that condition's token group (so the
+   country mix, for instance, is the DP model's, never copied from a real customer);
 2. the prefix items, if any, forced in order;
 3. items until eos or ``max_items``. Only item tokens (and eos, once the sequence holds an item)
    can be drawn: padding, unknown, bos and condition tokens are masked out at every item
@@ -26,7 +26,7 @@ n              0 gives no sessions; negative or not an integer is an error
 temperature    0 is greedy decoding (the most likely allowed token, lowest id on ties); any
                finite value above 0 divides the logits (large values approach uniform over the
                allowed tokens); negative, NaN or infinite is an error
-condition_     the temperature of the sampled conditions (country, month, band); None is
+condition_     the temperature of the sampled conditions (country, month, band, category); None is
 temperature    ``temperature``; same meanings and errors
 top_k          None or 0 is off; k >= 1 keeps the k most likely allowed tokens (k above their
                number keeps them all); negative is an error
@@ -37,7 +37,7 @@ max_items      None is the most the model was trained for (``vocab.max_items``);
                limit caps the items of each session; 0, negative or above the limit is an error
 prefix         stock codes that open every session (counted in max_items); a code outside the
                catalogue, a repeat under no_repeat_items, or more codes than max_items is an error
-conditions     None is sampled; an unknown country, month or band is an error listing the
+conditions     None is sampled; an unknown country, month, band or category is an error listing the
                allowed values; a condition the vocabulary lacks (an older model) is an error
 =============  ==============================================================================
 """
@@ -201,6 +201,7 @@ def sample_sessions(
     country: str | None = None,
     month: int | None = None,
     price_band: int | None = None,
+    category: str | None = None,
     prefix: Sequence[str] | None = None,
     batch_size: int = 500,
     no_repeat_items: bool = True,
@@ -236,6 +237,11 @@ def sample_sessions(
         groups.append(("price_band", vocab.band_ids, forced_band))
     elif price_band is not None:
         vocab.band_id(price_band)  # raises: this vocabulary has no bands
+    if vocab.categories is not None:
+        forced_category = None if category is None else vocab.category_id(category)
+        groups.append(("category", vocab.category_ids, forced_category))
+    elif category is not None:
+        vocab.category_id(category)  # raises: this vocabulary has no categories
     prefix_ids = _prefix_ids(vocab, prefix or [], limit, no_repeat_items)
     if n == 0:
         return []

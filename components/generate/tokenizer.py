@@ -4,18 +4,27 @@ A training sequence is ``[bos, <country:X>, <month:M>, <band:B>, item, item, ...
 country of the customer, the month of the sequence's first purchase, the median price band of its
 items, then the items in order of first purchase. The month and band tokens are optional parts
 of a vocabulary (an older one has neither: its sequences are ``[bos, <country:X>, items, eos]``).
-Online Retail has no product categories, so there are no category tokens.
+
+Where a dataset has product categories (Amazon Beauty; not Online Retail or Diginetica), the
+vocabulary adds one ``<cat:NAME>`` token per category and each sequence carries one of them
+after the band: ``[bos, <country:X>, <month:M>, <band:B>, <cat:C>, items..., eos]``, C being
+the most common category among the sequence's items (ties: the smallest name). The category is
+a session-level condition like month and band, not a token before each item: that makes
+"sessions of category C" one forced token at sampling, keeps every position after the
+conditions an item, and leaves sequence lengths as they are.
 
 The file format (``vocab.json``) is a contract with the serving side, which decodes sampled ids
 back into stock codes without torch::
 
     {"tokens": [...], "pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3,
      "first_item_id": K, "countries": {"France": id, ...},
-     "months": {"1": id, ..., "12": id}, "price_bands": {"0": id, ...}, "max_length": 64}
+     "months": {"1": id, ..., "12": id}, "price_bands": {"0": id, ...},
+     "categories": {"NAME": id, ...}, "max_length": 64}
 
-Token ids are, in order: the four specials, the countries (sorted), the months 1..12, the price
-bands 0..B-1, then the items (sorted stock codes). ``tokens[K:]`` are the item tokens, whose string
-is the stock code itself.
+``categories`` is absent for a dataset without categories (and in older vocabularies). Token
+ids are, in order: the four specials, the countries (sorted), the months 1..12, the price
+bands 0..B-1, the categories (sorted names), then the items (sorted stock codes). ``tokens[K:]``
+are the item tokens, whose string is the stock code itself.
 """
 
 from __future__ import annotations
@@ -53,6 +62,11 @@ def band_token(band: int) -> str:
     return f"<band:{int(band)}>"
 
 
+def category_token(category: str) -> str:
+    """The token string of a product category, e.g. ``<cat:17>``."""
+    return f"<cat:{category}>"
+
+
 @dataclass(frozen=True)
 class Session:
     """One decoded sequence: its conditions (None where the vocabulary has none) and its items."""
@@ -61,6 +75,7 @@ class Session:
     items: list[str] = field(default_factory=list)
     month: int | None = None
     price_band: int | None = None
+    category: str | None = None
 
 
 def _check_group(
@@ -94,6 +109,7 @@ class ItemVocab:
         *,
         months: dict[str, int] | None = None,
         price_bands: dict[str, int] | None = None,
+        categories: dict[str, int] | None = None,
     ) -> None:
         tokens = [str(t) for t in tokens]
         if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
@@ -120,12 +136,18 @@ class ItemVocab:
                 )
             _check_group(tokens, price_bands, start, "price_bands", lambda b: band_token(int(b)))
             start += len(price_bands)
+        if categories is not None:
+            if not categories:
+                raise InputError("categories is present but empty", column="categories")
+            _check_group(tokens, categories, start, "categories", category_token)
+            start += len(categories)
         self.tokens = tokens
         self.countries = dict(countries)
         self.months = None if months is None else {str(int(k)): v for k, v in months.items()}
         self.price_bands = (
             None if price_bands is None else {str(int(k)): v for k, v in price_bands.items()}
         )
+        self.categories = None if categories is None else {str(k): v for k, v in categories.items()}
         self.first_item_id = start
         if max_length < self.frame_tokens + 1:
             raise ConfigError(
@@ -139,6 +161,7 @@ class ItemVocab:
         self._country_by_id = {idx: country for country, idx in countries.items()}
         self._month_by_id = {idx: int(m) for m, idx in (self.months or {}).items()}
         self._band_by_id = {idx: int(b) for b, idx in (self.price_bands or {}).items()}
+        self._category_by_id = {idx: c for c, idx in (self.categories or {}).items()}
 
     @classmethod
     def build(
@@ -149,18 +172,24 @@ class ItemVocab:
         *,
         months: bool = False,
         n_price_bands: int | None = None,
+        categories: Iterable[str] | None = None,
     ) -> ItemVocab:
         """A vocabulary over ``item_ids`` (the catalogue) and ``countries``, both sorted.
 
         Sorting makes the ids a function of the sets alone, not of the row order of the input.
-        ``months`` adds the twelve month tokens, ``n_price_bands`` the band tokens 0..n-1.
+        ``months`` adds the twelve month tokens, ``n_price_bands`` the band tokens 0..n-1 and
+        ``categories`` (names; None or empty: none) one token per category.
         """
         country_list = sorted({str(c) for c in countries})
         items = sorted({str(i) for i in item_ids})
         month_tokens = [month_token(m) for m in MONTHS] if months else []
         band_tokens = [band_token(b) for b in range(n_price_bands or 0)]
+        category_list = sorted({str(c) for c in categories or ()})
+        category_tokens = [category_token(c) for c in category_list]
         reserved = set(SPECIAL_TOKENS) | {country_token(c) for c in country_list}
-        clash = set(items) & (reserved | set(month_tokens) | set(band_tokens))
+        clash = set(items) & (
+            reserved | set(month_tokens) | set(band_tokens) | set(category_tokens)
+        )
         if clash:
             raise InputError(f"item ids collide with reserved tokens: {sorted(clash)[:5]}")
         start = len(SPECIAL_TOKENS)
@@ -169,14 +198,24 @@ class ItemVocab:
         month_ids = {str(m): start + i for i, m in enumerate(MONTHS)} if months else None
         start += len(month_tokens)
         band_ids = {str(b): start + b for b in range(n_price_bands)} if n_price_bands else None
+        start += len(band_tokens)
+        category_ids = {c: start + i for i, c in enumerate(category_list)} or None
         tokens = [
             *SPECIAL_TOKENS,
             *(country_token(c) for c in country_list),
             *month_tokens,
             *band_tokens,
+            *category_tokens,
             *items,
         ]
-        return cls(tokens, country_ids, max_length, months=month_ids, price_bands=band_ids)
+        return cls(
+            tokens,
+            country_ids,
+            max_length,
+            months=month_ids,
+            price_bands=band_ids,
+            categories=category_ids,
+        )
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -205,13 +244,23 @@ class ItemVocab:
         return sorted((self.price_bands or {}).values())
 
     @property
+    def category_ids(self) -> list[int]:
+        """Ids of the category tokens (empty for a vocabulary without categories)."""
+        return sorted((self.categories or {}).values())
+
+    @property
     def n_price_bands(self) -> int:
         return len(self.price_bands or {})
 
     @property
     def frame_tokens(self) -> int:
-        """Tokens around the items of a sequence: bos, country, [month], [band], eos."""
-        return FRAME_TOKENS + (self.months is not None) + (self.price_bands is not None)
+        """Tokens around the items of a sequence: bos, country, [month], [band], [category], eos."""
+        return (
+            FRAME_TOKENS
+            + (self.months is not None)
+            + (self.price_bands is not None)
+            + (self.categories is not None)
+        )
 
     @property
     def max_items(self) -> int:
@@ -268,6 +317,23 @@ class ItemVocab:
             )
         return self.price_bands[key]
 
+    def category_id(self, category: str) -> int:
+        """The token id of product category ``category`` (its name).
+
+        Raises:
+            InputError: the vocabulary has no categories, or ``category`` is not one of them
+                (the message lists the allowed ones).
+        """
+        if self.categories is None:
+            raise InputError("this generator has no category conditioning", column="category")
+        if not isinstance(category, str) or category not in self.categories:
+            raise InputError(
+                f"category {category!r} is not in the vocabulary; allowed: "
+                f"{sorted(self.categories)}",
+                column="category",
+            )
+        return self.categories[category]
+
     def encode(
         self,
         country: str,
@@ -275,8 +341,11 @@ class ItemVocab:
         *,
         month: int | None = None,
         price_band: int | None = None,
+        category: str | None = None,
     ) -> list[int]:
-        """One sequence ``[bos, country, [month], [band], items..., eos]`` of at most max_length.
+        """One sequence ``[bos, country, [month], [band], [category], items..., eos]``.
+
+        The sequence holds at most max_length tokens.
 
         A history longer than :attr:`max_items` keeps its most recent items. Items outside the
         catalogue are dropped rather than mapped to ``<unk>``, so the model never learns to emit
@@ -284,13 +353,15 @@ class ItemVocab:
         is left out of the record (the export's parity check encodes sequences that way).
 
         Raises:
-            InputError: the country, month or band is not in the vocabulary.
+            InputError: the country, month, band or category is not in the vocabulary.
         """
         head = [BOS_ID, self.country_id(country)]
         if month is not None:
             head.append(self.month_id(month))
         if price_band is not None:
             head.append(self.band_id(price_band))
+        if category is not None:
+            head.append(self.category_id(category))
         ids = [i for i in (self.item_id(code) for code in items) if i is not None]
         keep = self.max_length - len(head) - 1
         return [*head, *ids[-keep:], EOS_ID]
@@ -304,6 +375,7 @@ class ItemVocab:
         country: str | None = None
         month: int | None = None
         band: int | None = None
+        category: str | None = None
         items: list[str] = []
         for raw in token_ids:
             idx = int(raw)
@@ -315,11 +387,15 @@ class ItemVocab:
                 month = self._month_by_id[idx] if month is None else month
             elif idx in self._band_by_id:
                 band = self._band_by_id[idx] if band is None else band
+            elif idx in self._category_by_id:
+                category = self._category_by_id[idx] if category is None else category
             elif self.is_item(idx):
                 items.append(self.tokens[idx])
         if country is None:
             return None
-        return Session(country=country, items=items, month=month, price_band=band)
+        return Session(
+            country=country, items=items, month=month, price_band=band, category=category
+        )
 
     def decode(self, token_ids: Iterable[int]) -> tuple[str | None, list[str]]:
         """The country and stock codes of a token sequence; specials are skipped, eos ends it."""
@@ -344,6 +420,8 @@ class ItemVocab:
             payload["months"] = self.months
         if self.price_bands is not None:
             payload["price_bands"] = self.price_bands
+        if self.categories is not None:
+            payload["categories"] = self.categories
         return payload
 
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -370,6 +448,7 @@ class ItemVocab:
                 payload["max_length"],
                 months=payload.get("months"),
                 price_bands=payload.get("price_bands"),
+                categories=payload.get("categories"),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InputError(f"malformed generator vocabulary: {exc!r}", file=str(path)) from exc

@@ -424,7 +424,14 @@ def test_model_dir_holds_model_vocab_and_step_record(dp_run: tuple[dict, Path, P
 def test_synthetic_sessions_hold_only_catalogue_codes(dp_run: tuple[dict, Path, Path]) -> None:
     _, _, synthetic_dir = dp_run
     frame = pd.read_parquet(synthetic_dir / artifacts.SYNTHETIC_SESSIONS)
-    assert list(frame.columns) == ["synthetic_id", "country", "items", "month", "price_band"]
+    assert list(frame.columns) == [
+        "synthetic_id",
+        "country",
+        "items",
+        "month",
+        "price_band",
+        "category",
+    ]
     assert len(frame) == 60
     assert frame["synthetic_id"].tolist()[:2] == ["syn-000001", "syn-000002"]
     assert frame["synthetic_id"].is_unique
