@@ -13,7 +13,9 @@ way KServe adds its own.
 The same place installs the error mapping: :class:`serving.errors.ServingError` becomes its
 status with a JSON body, KServe's own ``InvalidInput`` (a body that does not decode) stays a 400
 with the same body keys, FastAPI's 422 for a V2 body that does not fit the Open Inference
-Protocol schema is normalised to a 400 naming the field, and bodies over
+Protocol schema is normalised to a 400 naming the field, a body that is JSON but not an object
+(a V2 body that is a JSON string, a number, a list) is the V1 body's 400 with ``value`` and
+``allowed``, and bodies over
 :data:`MAX_BODY_BYTES` are refused with 413 before they are read into memory.
 """
 
@@ -29,7 +31,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.binding import DEFAULT_HOST, check_host
-from serving.errors import NotReady, PayloadTooLarge, ServingError, UnknownModel
+from serving.errors import BadRequest, NotReady, PayloadTooLarge, ServingError, UnknownModel
 from serving.kserve_compat import (
     FASTAPI_APP_IMPORT_STRING,
     InvalidInput,
@@ -42,12 +44,18 @@ from serving.kserve_compat import (
 from serving.metrics import RequestMetrics
 from serving.push import PATH as PURCHASES_PATH
 from serving.push import purchases_endpoint
+from serving.validation import parse_json_object
 
 logger = logging.getLogger(__name__)
 
 # The largest request body accepted: far above any valid request (256 instances of 1,000 item
 # ids), small enough that a runaway client cannot make the server buffer gigabytes.
 MAX_BODY_BYTES = 2 * 1024 * 1024
+# What each protocol's body looks like, in the 400 for a body that is not a JSON object.
+V1_BODY_EXAMPLE = '{"instances": [...]}'
+V2_BODY_EXAMPLE = '{"inputs": [{"name": ..., "shape": [...], "datatype": ..., "data": [...]}]}'
+# KServe's header for a V2 body in the binary tensor extension (JSON part, then raw tensors).
+BINARY_LENGTH_HEADER = "inference-header-content-length"
 
 
 def _field_from_loc(loc: tuple[Any, ...]) -> str:
@@ -97,17 +105,67 @@ async def _validation_error_handler(request: Request, exc: RequestValidationErro
         return _error_body(request, 400, "body: not a V2 inference request", "body")
     first = errors[0]
     field = "body" if first.get("type") == "json_invalid" else _field_from_loc(first["loc"])
+    if field == "body":
+        # The body as a whole is not JSON, or not an object: the V1 body's 400, with the type.
+        error = await _whole_body_error(request)
+        if error is not None:
+            return await _serving_error_handler(request, error)
     message = f"{field}: {first.get('msg', 'invalid')}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problems)"
     return _error_body(request, 400, message, field)
 
 
+def _is_json(content_type: str | None) -> bool:
+    """The content types FastAPI decodes as JSON before the endpoint sees the body."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+async def _whole_body_error(request: Request) -> BadRequest | None:
+    """The 400 for a body that is not a JSON object, with the same keys as every other 400.
+
+    A V2 body that is a JSON string passes FastAPI's schema as the ``bytes`` alternative, and
+    KServe then refuses it for lacking the binary extension's header; a number, list or null
+    fails the schema at the top. Both are the case :func:`parse_json_object` names for V1 and
+    push bodies: it is asked here, so the answer carries ``value`` (the type) and ``allowed``.
+    A V2 body of any type sent without a JSON content type and without that header gets a 400
+    naming the content type. None when neither applies (the caller keeps its own message).
+    """
+    v2 = request.url.path.startswith("/v2/")
+    content_type = request.headers.get("content-type")
+    if v2 and not _is_json(content_type) and BINARY_LENGTH_HEADER not in request.headers:
+        return BadRequest(
+            "a V2 body is JSON, or binary tensor data with its length header",
+            field="body",
+            value=content_type or "no content type",
+            has_value=True,
+            allowed=f"content-type application/json, or the {BINARY_LENGTH_HEADER} header",
+        )
+    try:
+        # FastAPI keeps the body it read on this request object; a stream that was not kept
+        # cannot be read again, and then the caller's message stands.
+        raw = await request.body()
+    except RuntimeError:
+        return None
+    try:
+        parse_json_object(raw, V2_BODY_EXAMPLE if v2 else V1_BODY_EXAMPLE)
+    except BadRequest as exc:
+        return exc
+    return None
+
+
 async def _invalid_input_handler(request: Request, exc: InvalidInput) -> JSONResponse:
     # KServe raises InvalidInput while decoding the body, before a model sees it: invalid JSON
-    # (orjson refuses NaN/Infinity and invalid UTF-8), a V2 body sent without a JSON content type
-    # and without the binary-extension header. Its own handler already answers 400; this one
-    # adds the field, so every 400 body has the same keys.
+    # (orjson refuses NaN/Infinity and invalid UTF-8), a V2 body that is a JSON string or is
+    # sent without a JSON content type and without the binary-extension header. Its own
+    # handler already answers 400; this one adds the field, value and allowed, so every 400
+    # body has the same keys.
+    error = await _whole_body_error(request)
+    if error is not None:
+        return await _serving_error_handler(request, error)
     return _error_body(request, 400, f"body: {exc.reason}", "body")
 
 
