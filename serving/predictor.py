@@ -5,7 +5,9 @@ does the Feast lookup, validation and ranking. It is also the benchmark's floor:
 model behind a KServe model that does no other work.
 
 Input ``item_ids`` INT64 [B, H] (1 <= B <= 256, 1 <= H <= max_history, dense indices 0..N,
-left-padded with 0), output ``scores`` FP32 [B, N+1]. Ask for ``scores`` with
+left-padded with 0), output ``scores`` FP32 [B, N+1]. A model exported with customer features
+also takes ``country_ids`` INT64 [B] (0..n_countries-1 of its countries.json, 0 = unknown) and
+``n_before`` INT64 [B] (>= 0), each optional (0 when left out). Ask for ``scores`` with
 ``"parameters": {"binary_data": true}`` to get it as raw little-endian bytes.
 """
 
@@ -22,7 +24,14 @@ from serving.base import BlockingModel
 from serving.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge
 from serving.kserve_compat import InferOutput, InferRequest, InferResponse
 from serving.onnx_session import check_io, create_session
-from serving.recommender import MAX_INSTANCES, MODEL_NAME, ORT_THREADS, Catalogue
+from serving.recommender import MAX_INSTANCES, MODEL_NAME, ORT_THREADS, Catalogue, read_countries
+from serving.scoring import (
+    COUNTRY_INPUT,
+    CUSTOMER_INPUTS,
+    N_BEFORE_INPUT,
+    customer_feeds,
+    has_customer_inputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +57,8 @@ class ScoresModel(BlockingModel):
         self.version = ""
         self.n_items = 0
         self.max_history = 0
+        # Country vocabulary size of a model with customer inputs; 0 for one without them.
+        self.n_countries = 0
         self._session = None
 
     def load(self) -> bool:
@@ -68,7 +79,12 @@ class ScoresModel(BlockingModel):
             outputs={OUTPUT: "tensor(float)"},
             model_path=model_path,
         )
-        probe = session.run([OUTPUT], {INPUT: np.zeros((1, catalogue.max_history), np.int64)})
+        customer = has_customer_inputs([i.name for i in session.get_inputs()])
+        n_countries = len(read_countries(self.model_dir)) if customer else 0
+        feeds = {INPUT: np.zeros((1, catalogue.max_history), np.int64)}
+        if customer:
+            feeds.update(customer_feeds(1, None, None))
+        probe = session.run([OUTPUT], feeds)
         if probe[0].shape != (1, catalogue.n_items + 1):
             raise ModelLoadError(
                 f"{model_path} returns scores of shape {probe[0].shape}, but catalogue.json "
@@ -76,6 +92,7 @@ class ScoresModel(BlockingModel):
             )
         self.n_items = catalogue.n_items
         self.max_history = catalogue.max_history
+        self.n_countries = n_countries
         self._session = session
         self.version = model_version(self.model_dir)
         self.ready = True
@@ -87,37 +104,109 @@ class ScoresModel(BlockingModel):
         )
         return self.ready
 
-    def _item_ids(self, request: InferRequest) -> np.ndarray:
+    def _inputs(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """The checked feeds of a request: ``item_ids`` and, for a customer model, the rest."""
         inputs = list(request.inputs)
-        if len(inputs) != 1 or inputs[0].name != INPUT:
+        names = [i.name for i in inputs]
+        allowed_names = [INPUT, *CUSTOMER_INPUTS] if self.n_countries else [INPUT]
+        if (
+            INPUT not in names
+            or len(set(names)) != len(names)
+            or not set(names) <= set(allowed_names)
+        ):
             raise BadRequest(
-                "expected exactly one input",
+                "expected the input item_ids" + (" and optionally" if self.n_countries else ""),
                 field="inputs",
-                value=[i.name for i in inputs],
+                value=names,
                 has_value=True,
-                allowed=f"{INPUT} INT64 [B, H]",
+                allowed=f"{INPUT} INT64 [B, H]"
+                + (
+                    f", {COUNTRY_INPUT} INT64 [B], {N_BEFORE_INPUT} INT64 [B]"
+                    if self.n_countries
+                    else ""
+                ),
             )
-        tensor = inputs[0]
+        by_name = {i.name: i for i in inputs}
+        ids = self._item_ids(by_name[INPUT], names.index(INPUT))
+        if not self.n_countries:
+            return {INPUT: ids}
+        feeds = {INPUT: ids, **customer_feeds(ids.shape[0], None, None)}
+        for name, hi in ((COUNTRY_INPUT, self.n_countries - 1), (N_BEFORE_INPUT, None)):
+            if name in by_name:
+                feeds[name] = self._row_values(
+                    by_name[name], names.index(name), ids.shape[0], name, hi
+                )
+        return feeds
+
+    def _row_values(
+        self, tensor: Any, position: int, rows: int, name: str, hi: int | None
+    ) -> np.ndarray:
+        """One INT64 [B] customer input, range-checked (``hi`` None: any count >= 0)."""
+        where = f"inputs[{position}]"
+        if tensor.datatype != "INT64":
+            raise BadRequest(
+                f"wrong datatype for input {name!r}",
+                field=f"{where}.datatype",
+                value=tensor.datatype,
+                allowed="INT64",
+            )
+        shape = list(tensor.shape)
+        if shape != [rows]:
+            raise BadRequest(
+                "must be one value per row", field=f"{where}.shape", value=shape,
+                allowed=f"[{rows}]",
+            )  # fmt: skip
+        raw = getattr(tensor, "_raw_data", None)
+        if raw is not None:
+            if len(raw) != 8 * rows:
+                raise BadRequest(
+                    f"binary data has {len(raw)} bytes, shape {shape} needs {8 * rows}",
+                    field=f"{where}.data",
+                )
+            values = np.frombuffer(raw, dtype="<i8").astype(np.int64)
+        else:
+            data = np.asarray(tensor.data)
+            if data.dtype.kind not in "iu" or data.size != rows:
+                raise BadRequest(
+                    f"data must be {rows} integers for shape {shape}",
+                    field=f"{where}.data",
+                    value=str(data.dtype),
+                )
+            values = data.reshape(rows).astype(np.int64, copy=False)
+        bad = (values < 0) if hi is None else (values < 0) | (values > hi)
+        if bad.any():
+            raise BadRequest(
+                f"{name} out of range",
+                field=f"{where}.data",
+                value=int(values[np.flatnonzero(bad)[0]]),
+                allowed=">= 0" if hi is None else f"0 (unknown country) to {hi}",
+            )
+        return values
+
+    def _item_ids(self, tensor: Any, position: int = 0) -> np.ndarray:
         if tensor.datatype != "INT64":
             raise BadRequest(
                 f"wrong datatype for input {INPUT!r}",
-                field="inputs[0].datatype",
+                field=f"inputs[{position}].datatype",
                 value=tensor.datatype,
                 allowed="INT64",
             )
         shape = list(tensor.shape)
         if len(shape) != 2 or not all(isinstance(d, int) and d >= 1 for d in shape):
             raise BadRequest(
-                "must be a 2-D shape", field="inputs[0].shape", value=shape, allowed="[B, H]"
+                "must be a 2-D shape",
+                field=f"inputs[{position}].shape",
+                value=shape,
+                allowed="[B, H]",
             )
         if shape[0] > MAX_INSTANCES:
             raise PayloadTooLarge(
-                "too many rows", field="inputs[0].shape", value=shape,
+                "too many rows", field=f"inputs[{position}].shape", value=shape,
                 allowed=f"B <= {MAX_INSTANCES}",
             )  # fmt: skip
         if shape[1] > self.max_history:
             raise BadRequest(
-                "history too long", field="inputs[0].shape", value=shape,
+                "history too long", field=f"inputs[{position}].shape", value=shape,
                 allowed=f"H <= {self.max_history}",
             )  # fmt: skip
         raw = getattr(tensor, "_raw_data", None)
@@ -126,7 +215,7 @@ class ScoresModel(BlockingModel):
                 raise BadRequest(
                     f"binary data has {len(raw)} bytes, shape {shape} needs "
                     f"{8 * shape[0] * shape[1]}",
-                    field="inputs[0].data",
+                    field=f"inputs[{position}].data",
                 )
             ids = np.frombuffer(raw, dtype="<i8").reshape(shape)
         else:
@@ -136,14 +225,14 @@ class ScoresModel(BlockingModel):
             if data.dtype.kind not in "iu" or data.size != shape[0] * shape[1]:
                 raise BadRequest(
                     f"data must be {shape[0] * shape[1]} integers for shape {shape}",
-                    field="inputs[0].data",
+                    field=f"inputs[{position}].data",
                     value=str(data.dtype),
                 )
             ids = data.reshape(shape).astype(np.int64, copy=False)
         if ids.min() < 0 or ids.max() > self.n_items:
             raise BadRequest(
                 "item index out of range",
-                field="inputs[0].data",
+                field=f"inputs[{position}].data",
                 value=int(ids.min() if ids.min() < 0 else ids.max()),
                 allowed=f"0 (padding) to {self.n_items}",
             )
@@ -152,7 +241,7 @@ class ScoresModel(BlockingModel):
     async def preprocess(
         self, payload: dict | InferRequest, headers: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        """Check the ``item_ids`` tensor; V1 bodies are refused (this is a V2 predictor)."""
+        """Check the input tensors; V1 bodies are refused (this is a V2 predictor)."""
         if not self.ready:
             raise NotReady(f"model {self.name} is not loaded")
         if not isinstance(payload, InferRequest):
@@ -161,11 +250,11 @@ class ScoresModel(BlockingModel):
                 field="protocol",
                 allowed=f"POST /v2/models/{self.name}/infer with {INPUT} INT64 [B, H]",
             )
-        return {"ids": self._item_ids(payload), **self.request_context(payload, (OUTPUT,))}
+        return {"feeds": self._inputs(payload), **self.request_context(payload, (OUTPUT,))}
 
     def run_batch(self, payload: dict[str, Any]) -> dict:
         """ORT on the checked batch (run in the executor)."""
-        scores = self._session.run([OUTPUT], {INPUT: payload["ids"]})[0]
+        scores = self._session.run([OUTPUT], payload["feeds"])[0]
         return {**payload, "scores": scores}
 
     def postprocess(
@@ -180,8 +269,11 @@ class ScoresModel(BlockingModel):
         return self.v2_response(result, [output])
 
     def get_input_types(self) -> list[dict]:
-        """The V2 input, for the model metadata endpoint."""
-        return [{"name": INPUT, "datatype": "INT64", "shape": [-1, self.max_history]}]
+        """The V2 inputs, for the model metadata endpoint."""
+        out = [{"name": INPUT, "datatype": "INT64", "shape": [-1, self.max_history]}]
+        if self.n_countries:
+            out += [{"name": n, "datatype": "INT64", "shape": [-1]} for n in CUSTOMER_INPUTS]
+        return out
 
     def get_output_types(self) -> list[dict]:
         """The V2 output, for the model metadata endpoint."""

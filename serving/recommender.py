@@ -12,6 +12,7 @@ transformer shape, as on the cluster). Everything else is the same code in both 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from serving.base import BlockingModel
 from serving.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge
 from serving.kserve_compat import InferOutput, InferRequest, InferResponse
 from serving.onnx_session import check_io, create_session
-from serving.scoring import LocalScorer, RemoteScorer
+from serving.scoring import LocalScorer, RemoteScorer, customer_feeds, has_customer_inputs
 from serving.validation import (
     TensorSpec,
     get_bool,
@@ -58,8 +59,38 @@ V2_INPUTS = {
     "k": TensorSpec("INT32"),
     "exclude_seen": TensorSpec("BOOL"),
     "price_band": TensorSpec("INT32"),
+    "country": TensorSpec("BYTES"),
 }
-V1_FIELDS = ("user_id", "items", "k", "exclude_seen", "price_band")
+V1_FIELDS = ("user_id", "items", "k", "exclude_seen", "price_band", "country")
+# Beside model.onnx when the model takes customer features: {"countries": ["<unknown>", ...]}.
+COUNTRIES_FILE = "countries.json"
+UNKNOWN_COUNTRY = "<unknown>"
+
+
+def read_countries(model_dir: Path) -> list[str]:
+    """The exported country vocabulary (index = the graph's country id, 0 = unknown).
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable, or not a list of distinct names that
+            starts with "<unknown>".
+    """
+    path = Path(model_dir) / COUNTRIES_FILE
+    try:
+        names = json.loads(path.read_text(encoding="utf-8")).get("countries")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read the country vocabulary: {exc}") from exc
+    if (
+        not isinstance(names, list)
+        or not names
+        or names[0] != UNKNOWN_COUNTRY
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ModelLoadError(
+            f'{path}: "countries" must be distinct names starting with "{UNKNOWN_COUNTRY}"'
+        )
+    return names
+
 
 V2_OUTPUTS = ("item_id", "description", "score", "fallback")
 
@@ -139,6 +170,8 @@ class Query:
     exclude_seen: bool = True
     # Only items of this price band are recommended; None for every band.
     price_band: int | None = None
+    # The request's country (sessions; a known customer's comes from Feast). None: unknown.
+    country: str | None = None
 
 
 @dataclass
@@ -187,6 +220,8 @@ class RecommenderModel(BlockingModel):
         self.version = ""
         self._scorer: LocalScorer | RemoteScorer | None = None
         self._history = None
+        # Country name -> the graph's country id; None when the model has no customer inputs.
+        self.country_index: dict[str, int] | None = None
 
     # load ---------------------------------------------------------------------------------
 
@@ -203,6 +238,11 @@ class RecommenderModel(BlockingModel):
         """
         catalogue = Catalogue.read(self.model_dir / "catalogue.json")
         version = model_version(self.model_dir)
+        # A model exported with customer features has its country vocabulary beside it.
+        country_index = None
+        if (self.model_dir / COUNTRIES_FILE).is_file():
+            names = read_countries(self.model_dir)
+            country_index = {name: i for i, name in enumerate(names) if i > 0}
         if self.predictor_host is not None:
             try:
                 scorer = RemoteScorer(
@@ -210,18 +250,27 @@ class RecommenderModel(BlockingModel):
                     model_name=self.name,
                     n_scores=catalogue.n_items + 1,
                     model_version=version,
+                    customer_inputs=country_index is not None,
                 )
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from exc
             scorer.probe()
         else:
             scorer = LocalScorer(self._open_session(catalogue))
+            if scorer.customer_inputs != (country_index is not None):
+                raise ModelLoadError(
+                    f"{self.model_dir}: model.onnx "
+                    + ("takes" if scorer.customer_inputs else "does not take")
+                    + f" customer inputs but {COUNTRIES_FILE} is "
+                    + ("missing" if country_index is None else "present")
+                )
         if self.feature_repo is not None:
             from serving.features import CustomerHistory
 
             self._history = CustomerHistory(self.feature_repo)
         self.catalogue = catalogue
         self._scorer = scorer
+        self.country_index = country_index
         self.version = version
         self.ready = True
         logger.info(
@@ -247,8 +296,10 @@ class RecommenderModel(BlockingModel):
             model_path=model_path,
         )
         # One padded row through the model: proves it runs and that its catalogue matches.
-        padded = np.zeros((1, catalogue.max_history), np.int64)
-        probe = session.run(["scores"], {"item_ids": padded})
+        feeds = {"item_ids": np.zeros((1, catalogue.max_history), np.int64)}
+        if has_customer_inputs([i.name for i in session.get_inputs()]):
+            feeds.update(customer_feeds(1, None, None))
+        probe = session.run(["scores"], feeds)
         if probe[0].shape != (1, catalogue.n_items + 1):
             raise ModelLoadError(
                 f"{model_path} returns scores of shape {probe[0].shape}, but catalogue.json "
@@ -287,6 +338,20 @@ class RecommenderModel(BlockingModel):
             )
         return band
 
+    @staticmethod
+    def _check_country(value: Any) -> str | None:
+        """A V2 ``country`` value: a non-empty string (an unknown one maps to 0 later)."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise BadRequest(
+                "must be a non-empty string",
+                field="inputs.country",
+                value=value,
+                allowed='a country name, e.g. "France" (an unknown name counts as unknown)',
+            )
+        return value
+
     def _parse_v1(self, body: Any) -> list[Query]:
         queries = []
         for i, inst in enumerate(instances_of(body, max_instances=MAX_INSTANCES)):
@@ -299,6 +364,7 @@ class RecommenderModel(BlockingModel):
                     get_int(inst, "price_band", where, default=None, lo=0, hi=2**31 - 1),
                     f"{where}.price_band",
                 ),
+                "country": get_str(inst, "country", where, default=None),
             }
             has_user, has_items = "user_id" in inst, "items" in inst
             if has_user == has_items:
@@ -327,6 +393,7 @@ class RecommenderModel(BlockingModel):
             "price_band": self._check_band(
                 v2_scalar(tensors, "price_band", None), "inputs.price_band"
             ),
+            "country": self._check_country(v2_scalar(tensors, "country", None)),
         }
         if ("user_id" in tensors) == ("items" in tensors):
             raise BadRequest(
@@ -402,28 +469,49 @@ class RecommenderModel(BlockingModel):
 
     # predict ------------------------------------------------------------------------------
 
-    def _histories(self, queries: list[Query]) -> list[list[int] | None]:
-        """Dense-index histories, oldest first; None where the customer is unknown here."""
+    def _histories(
+        self, queries: list[Query]
+    ) -> tuple[list[list[int] | None], list[str | None], list[int]]:
+        """Dense-index histories (oldest first; None where the customer is unknown here), with
+        each query's country name and its count of purchases before the history's last
+        ``max_history`` items (the model's ``n_before``).
+
+        A known customer's country and total purchases come from Feast (``country``,
+        ``n_items``); a session uses its request ``country`` and counts only its own items.
+        """
         cat = self.catalogue
         customers = [q.user_id for q in queries if q.user_id is not None]
-        fetched: dict[str, list[str] | None] = {}
+        fetched: dict[str, Any] = {}
         if customers:
             if self._history is None:
                 raise NotReady(
                     "this recommender was started without --feature-repo; send items instead"
                 )
             unique = list(dict.fromkeys(customers))
-            fetched = dict(zip(unique, self._history.recent_items(unique), strict=True))
+            rows = self._history.histories(unique)
+            fetched = dict(zip(unique, rows, strict=True))
         out: list[list[int] | None] = []
+        countries: list[str | None] = []
+        before: list[int] = []
         for q in queries:
-            codes = q.items if q.items is not None else fetched.get(q.user_id)
+            row = fetched.get(q.user_id) if q.items is None else None
+            codes = q.items if q.items is not None else (row.recent_items if row else None)
+            country = q.country
+            if row is not None and row.country:
+                country = row.country
+            countries.append(country)
             if codes is None:
                 out.append(None)
+                before.append(0)
                 continue
             # Items the catalogue does not know (dropped in fuse) carry no signal for the model.
             known = [cat.index_of[c] for c in codes if c in cat.index_of]
             out.append(known or None)
-        return out
+            window = min(len(known), cat.max_history)
+            # Feast's n_items is the customer's total; what the window does not hold came before.
+            total = max(int(row.n_items), len(codes)) if row is not None else len(known)
+            before.append(max(0, total - window))
+        return out, countries, before
 
     def _top_k(
         self, scores: np.ndarray, exclude: list[int], query: Query
@@ -462,7 +550,7 @@ class RecommenderModel(BlockingModel):
         """The blocking body of ``predict`` (run in the executor), on the preprocessed payload."""
         cat = self.catalogue
         queries: list[Query] = payload["queries"]
-        histories = self._histories(queries)
+        histories, countries, before = self._histories(queries)
 
         # one ORT batch for every row with a history: [rows, max_history], left-padded with 0
         rows = [i for i, h in enumerate(histories) if h is not None]
@@ -472,7 +560,18 @@ class RecommenderModel(BlockingModel):
             for r, i in enumerate(rows):
                 recent = histories[i][-cat.max_history :]
                 batch[r, cat.max_history - len(recent) :] = recent
-            scores = self._scorer.score(batch, request_id=payload.get("trace_id"))
+            extra = {}
+            if self.country_index is not None:
+                index = self.country_index
+                # An unknown or missing country is the unknown country (0), never an error.
+                extra = {
+                    "country_ids": np.asarray(
+                        [index.get(countries[i], 0) if countries[i] else 0 for i in rows],
+                        dtype=np.int64,
+                    ),
+                    "n_before": np.asarray([before[i] for i in rows], dtype=np.int64),
+                }
+            scores = self._scorer.score(batch, request_id=payload.get("trace_id"), **extra)
             scored = {i: scores[r] for r, i in enumerate(rows)}
 
         results = []

@@ -26,6 +26,29 @@ logger = logging.getLogger(__name__)
 
 INPUT = "item_ids"
 OUTPUT = "scores"
+# The customer-feature inputs of a graph exported with them (int64 [B] each); an older graph
+# takes item_ids only, and the scorers then send nothing else.
+COUNTRY_INPUT = "country_ids"
+N_BEFORE_INPUT = "n_before"
+CUSTOMER_INPUTS = (COUNTRY_INPUT, N_BEFORE_INPUT)
+
+
+def has_customer_inputs(input_names: set[str] | list[str]) -> bool:
+    """Whether a graph with these input names takes the customer features."""
+    return set(CUSTOMER_INPUTS) <= set(input_names)
+
+
+def customer_feeds(
+    rows: int, country_ids: np.ndarray | None, n_before: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The two customer inputs of a batch as int64 [rows] (missing ones are 0: unknown, none)."""
+    zeros = np.zeros(rows, dtype=np.int64)
+    return {
+        COUNTRY_INPUT: zeros if country_ids is None else np.asarray(country_ids, dtype=np.int64),
+        N_BEFORE_INPUT: zeros if n_before is None else np.asarray(n_before, dtype=np.int64),
+    }
+
+
 # KServe's name for the length of the JSON part of a body that carries binary tensors.
 BINARY_HEADER = "inference-header-content-length"
 
@@ -35,10 +58,25 @@ class LocalScorer:
 
     def __init__(self, session) -> None:
         self._session = session
+        self.customer_inputs = has_customer_inputs([i.name for i in session.get_inputs()])
 
-    def score(self, batch: np.ndarray, *, request_id: str | None = None) -> np.ndarray:
-        """``scores`` float32 [B, N+1] for ``batch`` int64 [B, max_history]."""
-        return self._session.run([OUTPUT], {INPUT: batch})[0]
+    def score(
+        self,
+        batch: np.ndarray,
+        *,
+        country_ids: np.ndarray | None = None,
+        n_before: np.ndarray | None = None,
+        request_id: str | None = None,
+    ) -> np.ndarray:
+        """``scores`` float32 [B, N+1] for ``batch`` int64 [B, max_history].
+
+        ``country_ids`` and ``n_before`` (int64 [B], already range-checked) reach a graph with
+        customer inputs; a graph without them ignores them.
+        """
+        feeds = {INPUT: batch}
+        if self.customer_inputs:
+            feeds.update(customer_feeds(batch.shape[0], country_ids, n_before))
+        return self._session.run([OUTPUT], feeds)[0]
 
     def close(self) -> None:
         """Nothing to release (the session lives as long as the model)."""
@@ -95,6 +133,8 @@ class RemoteScorer:
         model_version: the version this transformer's catalogue belongs to; ``None`` skips the
             check.
         timeouts: connect/read/pool bounds.
+        customer_inputs: send ``country_ids`` and ``n_before`` with every batch (the exported
+            model has them: its countries.json is beside this transformer's catalogue).
     """
 
     def __init__(
@@ -105,7 +145,9 @@ class RemoteScorer:
         n_scores: int,
         model_version: str | None,
         timeouts: Timeouts | None = None,
+        customer_inputs: bool = False,
     ) -> None:
+        self.customer_inputs = customer_inputs
         self.base_url = parse_predictor_host(predictor_host)
         self.url = f"{self.base_url}/v2/models/{model_name}/infer"
         self.ready_url = f"{self.base_url}/v2/models/{model_name}/ready"
@@ -129,8 +171,18 @@ class RemoteScorer:
         log("predictor %s ready: %s", self.base_url, ok)
         return ok
 
-    def score(self, batch: np.ndarray, *, request_id: str | None = None) -> np.ndarray:
+    def score(
+        self,
+        batch: np.ndarray,
+        *,
+        country_ids: np.ndarray | None = None,
+        n_before: np.ndarray | None = None,
+        request_id: str | None = None,
+    ) -> np.ndarray:
         """``scores`` float32 [B, N+1] from the predictor for ``batch`` int64 [B, H].
+
+        With ``customer_inputs`` the body also carries ``country_ids`` and ``n_before`` INT64
+        [B] (zeros where not given), binary like ``item_ids``.
 
         Raises:
             PredictorUnavailable: connect refused, a timeout, a dropped connection, or the
@@ -138,17 +190,22 @@ class RemoteScorer:
             BadGateway: any other answer that is not the tensor asked for.
         """
         batch = np.ascontiguousarray(batch, dtype="<i8")
-        raw = batch.tobytes()
+        tensors = {INPUT: batch}
+        if self.customer_inputs:
+            tensors.update(customer_feeds(batch.shape[0], country_ids, n_before))
+        parts = {n: np.ascontiguousarray(t, dtype="<i8").tobytes() for n, t in tensors.items()}
+        raw = b"".join(parts.values())
         header = orjson.dumps(
             {
                 "id": request_id or "",
                 "inputs": [
                     {
-                        "name": INPUT,
-                        "shape": list(batch.shape),
+                        "name": name,
+                        "shape": list(tensors[name].shape),
                         "datatype": "INT64",
-                        "parameters": {"binary_data_size": len(raw)},
+                        "parameters": {"binary_data_size": len(data)},
                     }
+                    for name, data in parts.items()
                 ],
                 "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}}],
             }

@@ -7,6 +7,11 @@ A SASRec-style next-item model. Each position of a customer's history is the sum
   content features travel inside the model and its ONNX graph),
 - a price band embedding (also looked up from a buffer of the catalogue's bands),
 - a learned position embedding counted from the first real item,
+- customer features (when ``n_countries`` > 0): a learned embedding of the customer's country
+  (one per sequence, index 0 = unknown or anonymous) and of the customer's activity at that
+  position, the number of purchases before it on a log2 bucket scale. The count is
+  ``n_before`` (purchases before the window, one int per row) plus the real items earlier in the
+  window, so it never uses a later event,
 
 followed by pre-norm causal self-attention blocks. The score of item ``i`` after a position with
 state ``h`` has three parts:
@@ -72,12 +77,29 @@ class RecommenderConfig(StrictModel):
     # output matrix: fewer parameters, a strong regulariser on sparse data. Opacus' ghost
     # clipping cannot handle a layer used twice, so DP training keeps it off.
     tie_output: bool = False
+    # Size of the country vocabulary (index 0 = unknown); 0 turns the customer features (country
+    # and activity) off, which is what a model_config.json written before them describes.
+    n_countries: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> RecommenderConfig:
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         return self
+
+
+# Activity buckets: 0 purchases before, then 1, 2-3, 4-7, ..., 64-127, and 128 or more.
+N_ACTIVITY_BUCKETS = 9
+
+
+def activity_bucket(count: torch.Tensor) -> torch.Tensor:
+    """Log2 bucket (int64, 0..N_ACTIVITY_BUCKETS - 1) of a count of earlier purchases.
+
+    Bucket ``b`` >= 1 holds counts in ``2**(b-1) .. 2**b - 1``; the last bucket is open-ended.
+    Written as a sum of comparisons so it stays exact integer work in the ONNX graph.
+    """
+    bounds = 2 ** torch.arange(N_ACTIVITY_BUCKETS - 1, device=count.device, dtype=torch.long)
+    return (count.to(torch.long)[..., None] >= bounds).sum(dim=-1)
 
 
 def content_basis(text: torch.Tensor, dim: int) -> torch.Tensor:
@@ -197,6 +219,9 @@ class SequentialRecommender(nn.Module):
         self.register_buffer("text_basis", content_basis(text, config.content_dim))
         self.content_query = nn.Linear(d, config.content_dim) if config.content_dim else None
         self.band_query = nn.Linear(d, config.n_price_bands + 1)
+        # Customer features; absent (not just zero) without them, so an old state dict loads.
+        self.country_emb = nn.Embedding(config.n_countries, d) if config.n_countries else None
+        self.activity_emb = nn.Embedding(N_ACTIVITY_BUCKETS, d) if config.n_countries else None
         self.apply(self._init_weights)
 
     @staticmethod
@@ -206,18 +231,41 @@ class SequentialRecommender(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def hidden(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """Contextual states [batch, T, d] of a left-padded history ``item_ids`` [batch, T]."""
+    def hidden(
+        self,
+        item_ids: torch.Tensor,
+        country_ids: torch.Tensor | None = None,
+        n_before: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Contextual states [batch, T, d] of a left-padded history ``item_ids`` [batch, T].
+
+        Args:
+            item_ids: left-padded item indices.
+            country_ids: [batch] country index per row (0 = unknown); None means all 0.
+            n_before: [batch] purchases before the first item of the window; None means all 0.
+        """
         real = item_ids != 0
-        # Positions count real items from the first one, so padding never shifts them; longer
-        # histories than max_history share the last position row rather than failing.
-        pos = (torch.cumsum(real.to(torch.long), dim=1) - 1).clamp(0, self.config.max_history - 1)
+        # Real items before each position (0 at the first real item); padding never shifts it.
+        earlier = (torch.cumsum(real.to(torch.long), dim=1) - 1).clamp(min=0)
+        # Longer histories than max_history share the last position row rather than failing.
+        pos = earlier.clamp(max=self.config.max_history - 1)
         x = (
             self.item_emb(item_ids)
             + self.text_proj(F.embedding(item_ids, self.text_table))
             + self.band_emb(self.band_table[item_ids])
             + self.pos_emb(pos)
         )
+        if self.country_emb is not None and self.activity_emb is not None:
+            b = item_ids.shape[0]
+            if country_ids is None:
+                country_ids = torch.zeros(b, dtype=torch.long, device=item_ids.device)
+            if n_before is None:
+                n_before = torch.zeros(b, dtype=torch.long, device=item_ids.device)
+            # Purchases strictly before each position: the ones before the window plus the real
+            # items earlier in it. Nothing at or after the position is counted.
+            count = n_before.to(torch.long)[:, None] + earlier
+            x = x + self.country_emb(country_ids.to(torch.long))[:, None, :]
+            x = x + self.activity_emb(activity_bucket(count))
         x = self.emb_dropout(x)
         t = item_ids.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=item_ids.device).tril()
@@ -273,13 +321,28 @@ class SequentialRecommender(nn.Module):
             scores = scores + self.content_query(h) @ self.text_basis.T
         return scores
 
-    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """Next-item scores [batch, T, n_items + 1] after every position (per-layer path)."""
-        return self.score_states(self.hidden(item_ids), fused=False)
+    @property
+    def has_customer_features(self) -> bool:
+        """Whether country and activity reach the model (``n_countries`` > 0)."""
+        return self.country_emb is not None
 
-    def score_next(self, item_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        item_ids: torch.Tensor,
+        country_ids: torch.Tensor | None = None,
+        n_before: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-item scores [batch, T, n_items + 1] after every position (per-layer path)."""
+        return self.score_states(self.hidden(item_ids, country_ids, n_before), fused=False)
+
+    def score_next(
+        self,
+        item_ids: torch.Tensor,
+        country_ids: torch.Tensor | None = None,
+        n_before: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Next-item scores [batch, n_items + 1] after the last position only."""
-        return self.score_states(self.hidden(item_ids)[:, -1, :])
+        return self.score_states(self.hidden(item_ids, country_ids, n_before)[:, -1, :])
 
 
 class NextItemScorer(nn.Module):
@@ -291,6 +354,19 @@ class NextItemScorer(nn.Module):
 
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         return self.model.score_next(item_ids)
+
+
+class CustomerScorer(nn.Module):
+    """The serving view with customer features: history, country and activity in, scores out."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, item_ids: torch.Tensor, country_ids: torch.Tensor, n_before: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.score_next(item_ids, country_ids, n_before)
 
 
 def build_model(
@@ -308,6 +384,34 @@ def build_model(
 
 MODEL_WEIGHTS = "model.pt"
 MODEL_CONFIG = "model_config.json"
+# The country vocabulary: {"countries": ["<unknown>", "France", ...]}, index = country id. Fuse
+# writes it into training_set/, export copies it beside model.onnx, serving maps names with it.
+COUNTRIES = "countries.json"
+UNKNOWN_COUNTRY = "<unknown>"
+
+
+def read_countries(path: str | Path) -> list[str]:
+    """The country vocabulary of ``countries.json`` (index 0 is the unknown country).
+
+    Raises:
+        InputError: the file is missing, or the list is not strings starting with "<unknown>"
+            without repeats.
+    """
+    raw = read_json(Path(path))
+    names = raw.get("countries") if isinstance(raw, dict) else None
+    if (
+        not isinstance(names, list)
+        or not names
+        or names[0] != UNKNOWN_COUNTRY
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise InputError(
+            f'countries must be a list of distinct names starting with "{UNKNOWN_COUNTRY}"',
+            file=str(path),
+            column="countries",
+        )
+    return names
 
 
 def load_recommender(model_dir: str | Path) -> SequentialRecommender:

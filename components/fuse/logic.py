@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from components.common import artifacts as art
 from components.common.errors import InputError
 from components.common.ids import ItemMap
+from components.common.recommender_model import COUNTRIES, UNKNOWN_COUNTRY
 from components.common.splits import leave_last_out
 from components.fuse.config import FuseConfig
 from components.fuse.embeddings import EMBEDDING_DIM, embed_texts
@@ -42,6 +43,28 @@ FEATURE_SOURCES = {
     "(synthetic ones down-weighted by synthetic_weight)",
     "sequence_transitions": "both: next-item targets from real and synthetic sequences",
 }
+# Customer features of the recommender and where they come from (the report shows it).
+CUSTOMER_FEATURE_SOURCES = {
+    "country": "real: the customer's country in the cleaned sequences (Feast `country` when "
+    "serving); the vocabulary holds the countries of real training customers only, a synthetic "
+    "sequence carries its generated country mapped with it (unseen -> unknown)",
+    "activity": "real and synthetic: the number of purchases before each position of the "
+    "sequence itself, log2-bucketed (Feast `n_items` minus the history passed when serving)",
+}
+
+
+def country_vocabulary(countries: pd.Series) -> list[str]:
+    """``["<unknown>", sorted distinct countries]`` of the real training customers."""
+    names = sorted({str(c) for c in countries if isinstance(c, str) and c})
+    return [UNKNOWN_COUNTRY] + [n for n in names if n != UNKNOWN_COUNTRY]
+
+
+def country_ids(vocab: list[str], countries: pd.Series) -> np.ndarray:
+    """int64 index of each country in ``vocab``; missing or unseen countries map to 0."""
+    index = {name: i for i, name in enumerate(vocab)}
+    return np.asarray(
+        [index.get(c, 0) if isinstance(c, str) else 0 for c in countries], dtype=np.int64
+    )
 
 
 def events_before(sequences: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
@@ -102,7 +125,7 @@ def map_synthetic(
     index = _SetIndex()
     for seq in real_train:
         index.add(frozenset(seq))
-    kept: list[tuple[str, list[int]]] = []
+    kept: list[tuple[str, list[int], Any]] = []
     counts = {
         "unknown_items": 0,
         "short": 0,
@@ -111,7 +134,9 @@ def map_synthetic(
         "near_duplicates": 0,
         "over_max": 0,
     }
-    for sid, items in zip(synthetic["synthetic_id"], synthetic["items"], strict=True):
+    country = synthetic["country"] if "country" in synthetic.columns else [None] * len(synthetic)
+    rows = zip(synthetic["synthetic_id"], synthetic["items"], country, strict=True)
+    for sid, items, cty in rows:
         raw = [str(i) for i in items]
         encoded = item_map.encode(raw, skip_unknown=True)
         counts["unknown_items"] += len(raw) - len(encoded)
@@ -126,9 +151,9 @@ def map_synthetic(
         elif max_synthetic is not None and len(kept) >= max_synthetic:
             counts["over_max"] += 1
         else:
-            kept.append((str(sid), encoded))
+            kept.append((str(sid), encoded, cty))
             index.add(frozenset(encoded))
-    frame = pd.DataFrame(kept, columns=["synthetic_id", "items"])
+    frame = pd.DataFrame(kept, columns=["synthetic_id", "items", "country"])
     return frame, counts
 
 
@@ -173,6 +198,7 @@ def _write_train_sequences(path: Path, frame: pd.DataFrame) -> None:
             ("customer_id", pa.string()),
             ("items", pa.list_(pa.int64())),
             ("weight", pa.float64()),
+            ("country_id", pa.int64()),
         ]
     )
     pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
@@ -185,6 +211,7 @@ def _write_eval_cases(path: Path, frame: pd.DataFrame) -> None:
             ("history", pa.list_(pa.int64())),
             ("valid_item", pa.int64()),
             ("test_item", pa.int64()),
+            ("country_id", pa.int64()),
         ]
     )
     pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
@@ -253,6 +280,8 @@ def run(
     # 3. Real sequences: training parts only, so held-out items stay out of training.
     split = leave_last_out(sequences[["customer_id", "country", "items"]])
     real_train = encode_real(item_map, split.train["items"], file=str(seq_file))
+    # Customer features: the country vocabulary comes from real training customers only.
+    countries = country_vocabulary(split.train["country"])
     real = pd.DataFrame(
         {
             "seq_id": [f"real-{c}" for c in split.train["customer_id"]],
@@ -260,6 +289,7 @@ def run(
             "customer_id": split.train["customer_id"].astype(str).to_numpy(),
             "items": real_train,
             "weight": 1.0,
+            "country_id": country_ids(countries, split.train["country"]),
         }
     )
     if real["customer_id"].duplicated().any():
@@ -287,6 +317,7 @@ def run(
             "customer_id": None,
             "items": list(syn["items"]),
             "weight": float(cfg.synthetic_weight),
+            "country_id": country_ids(countries, syn["country"]),
         }
     )
     train = pd.concat([real, syn_frame], ignore_index=True)
@@ -301,6 +332,7 @@ def run(
                 item_map, [[v] for v in ev["valid_item"]], file=str(seq_file)
             ),
             "test_item": encode_real(item_map, [[t] for t in ev["test_item"]], file=str(seq_file)),
+            "country_id": country_ids(countries, ev["country"]),
         }
     )
     eval_cases["valid_item"] = [v[0] for v in eval_cases["valid_item"]]
@@ -337,6 +369,8 @@ def run(
         "cutoff": cfg.cutoff.isoformat() if cfg.cutoff is not None else None,
         "n_real_events_dropped_by_cutoff": n_before_cutoff - int(sequences["items"].map(len).sum()),
         "feature_sources": FEATURE_SOURCES,
+        "customer_feature_sources": CUSTOMER_FEATURE_SOURCES,
+        "n_countries": len(countries),
         "embedding_seconds": round(embed_seconds, 3),
     }
     with art.atomic_dir(out_dir) as tmp:
@@ -344,6 +378,7 @@ def run(
         _write_train_sequences(tmp / art.TRAIN_SEQUENCES, train)
         _write_eval_cases(tmp / art.EVAL_CASES, eval_cases)
         _write_item_features(tmp / art.ITEM_FEATURES, features, vectors)
+        art.write_json(tmp / COUNTRIES, {"countries": countries})
         timer.write(tmp, summary)
     logger.info(
         "fuse: %d items, %d real + %d synthetic sequences (dropped %s), %d eval cases",

@@ -45,6 +45,9 @@ class TrainConfig(StrictModel):
     # Output scores use the input item embeddings (SASRec's weight tying). Without DP only:
     # Opacus' ghost clipping refuses a layer used twice.
     tie_output: bool = False
+    # Customer features: the customer's country (countries.json of the training set) and
+    # activity (log2 bucket of earlier purchases) as embeddings added to every position.
+    customer_features: bool = True
     epochs: int = Field(default=5, ge=1)
     # Expected batch size: with Poisson sampling each sequence joins a step with probability
     # batch_size / n_sequences, so actual batches vary around this.

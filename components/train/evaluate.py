@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from components.train.data import left_pad
+from components.train.data import items_before_window, left_pad
 
 
 def ranks(
@@ -67,17 +67,45 @@ def model_scores(
     model: torch.nn.Module,
     histories: Sequence[Sequence[int]],
     *,
+    country_ids: Sequence[int] | None = None,
+    n_before: Sequence[int] | None = None,
     max_history: int,
     batch_size: int,
 ) -> np.ndarray:
-    """Next-item scores [n, n_items + 1] of a recommender for each history (last max_history)."""
+    """Next-item scores [n, n_items + 1] of a recommender for each history (last max_history).
+
+    Args:
+        model: a :class:`SequentialRecommender` (or anything with its ``score_next``).
+        histories: item indices per case, oldest first.
+        country_ids: country index per case (0 = unknown); None: all unknown.
+        n_before: purchases per case before the first item of ``histories`` (None: 0). The items
+            of a history beyond the last ``max_history`` are added to it, so the model always
+            gets the count of purchases before its window.
+        max_history: the window the model reads.
+        batch_size: cases per forward pass.
+    """
+    n = len(histories)
+    countries = np.zeros(n, np.int64) if country_ids is None else np.asarray(country_ids, np.int64)
+    before = np.zeros(n, np.int64) if n_before is None else np.asarray(n_before, np.int64)
+    if countries.shape != (n,) or before.shape != (n,):
+        raise ValueError(
+            f"country_ids {countries.shape} and n_before {before.shape} need one value per "
+            f"history ({n})"
+        )
+    before = before + items_before_window(histories, max_history)
     was_training = model.training
     model.eval()
     parts = []
     with torch.inference_mode():
-        for start in range(0, len(histories), batch_size):
-            batch = left_pad(histories[start : start + batch_size], max_history)
-            parts.append(model.score_next(batch).float().numpy())
+        for start in range(0, n, batch_size):
+            stop = start + batch_size
+            batch = left_pad(histories[start:stop], max_history)
+            scores = model.score_next(
+                batch,
+                torch.from_numpy(countries[start:stop].copy()),
+                torch.from_numpy(before[start:stop].copy()),
+            )
+            parts.append(scores.float().numpy())
     model.train(was_training)
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)

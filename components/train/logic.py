@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ from components.common.dp import make_private, prepare_noise_only_step
 from components.common.errors import ConfigError, InputError, PrivacyError
 from components.common.privacy import PrivacyRecord, compute_epsilon, default_delta
 from components.common.recommender_model import (
+    COUNTRIES,
     MODEL_CONFIG,
     MODEL_WEIGHTS,
+    N_ACTIVITY_BUCKETS,
     RecommenderConfig,
     SequentialRecommender,
     build_model,
@@ -89,6 +91,8 @@ def gathered_loss(
     targets: torch.Tensor,
     weights: torch.Tensor,
     candidates: torch.Tensor | None = None,
+    country_ids: torch.Tensor | None = None,
+    n_before: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same value as ``SequenceLoss()(model(inputs), targets, weights)``, computed cheaply.
 
@@ -104,8 +108,10 @@ def gathered_loss(
         candidates: optional [n_items + 1] bool; the softmax runs over these items only. Items
             outside it get no gradient, so an item nobody bought keeps an untrained per-item
             weight instead of one trained to say "never bought", and content decides its score.
+        country_ids: [batch] country indices (None: unknown).
+        n_before: [batch] purchases before each window (None: 0).
     """
-    h = model.hidden(inputs)
+    h = model.hidden(inputs, country_ids, n_before)
     mask = targets != 0
     n_targets = mask.sum(dim=1).clamp(min=1)
     row_weight = (weights / n_targets)[:, None].expand_as(targets)[mask]
@@ -185,6 +191,7 @@ def model_config_for(cfg: TrainConfig, ts: TrainingSet) -> RecommenderConfig:
         content_dim=cfg.content_dim,
         id_dropout=cfg.id_dropout,
         tie_output=cfg.tie_output,
+        n_countries=len(ts.countries) if cfg.customer_features else 0,
     )
 
 
@@ -264,7 +271,7 @@ def fit(
     # set is itself a function of private data, so every item stays in (see gathered_loss).
     candidates = None
     if not cfg.dp.enabled and cfg.mask_unseen_items:
-        inputs_all, targets_all, _ = dataset.tensors
+        inputs_all, targets_all = dataset.tensors[:2]
         candidates = torch.zeros(mcfg.n_items + 1, dtype=torch.bool)
         candidates[inputs_all.reshape(-1)] = True
         candidates[targets_all.reshape(-1)] = True
@@ -308,7 +315,11 @@ def fit(
     for epoch in range(cfg.epochs):
         started, cpu_started = time.perf_counter(), time.process_time()
         total, count = 0.0, 0
-        for inputs, targets, weights in loader:
+        for batch in loader:
+            inputs, targets, weights = batch[:3]
+            # Older 3-tensor datasets: every customer unknown, nothing before the window.
+            country_ids = batch[3] if len(batch) > 3 else None
+            n_before = batch[4] if len(batch) > 4 else None
             inputs, targets = trim_padding(inputs, targets)
             optimizer.zero_grad(set_to_none=True)
             if inputs.shape[0] == 0:
@@ -318,9 +329,11 @@ def fit(
                 optimizer.step()
                 continue
             if engine is None:
-                loss = gathered_loss(model, inputs, targets, weights, candidates)
+                loss = gathered_loss(
+                    model, inputs, targets, weights, candidates, country_ids, n_before
+                )
             else:
-                loss = criterion(train_model(inputs), targets, weights)
+                loss = criterion(train_model(inputs, country_ids, n_before), targets, weights)
             loss.backward()
             optimizer.step()
             total += float(loss.item()) * inputs.shape[0]
@@ -401,6 +414,13 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
     ts, canary_set = canaries.prepare_recommender(
         ts, cfg.canaries, seed=seed, max_history=cfg.max_history
     )
+    # Canary customers have no country: unknown (0), like an anonymous customer.
+    ts = replace(
+        ts,
+        sequences=ts.sequences.assign(
+            country_id=ts.sequences["country_id"].fillna(0).astype("int64")
+        ),
+    )
     real = ts.real
     n_real = len(real)
     if n_real == 0:
@@ -416,9 +436,17 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
     if cfg.max_history < 2:
         raise ConfigError(f"train.max_history={cfg.max_history} must be >= 2")
 
-    real_data = next_item_records(real["items"].tolist(), real["weight"].tolist(), cfg.max_history)
+    real_data = next_item_records(
+        real["items"].tolist(),
+        real["weight"].tolist(),
+        cfg.max_history,
+        country_ids=real["country_id"].tolist(),
+    )
     fused_data = next_item_records(
-        ts.sequences["items"].tolist(), ts.sequences["weight"].tolist(), cfg.max_history
+        ts.sequences["items"].tolist(),
+        ts.sequences["weight"].tolist(),
+        cfg.max_history,
+        country_ids=ts.sequences["country_id"].tolist(),
     )
     common = {"seed": seed, "n_units": n_real, "delta": delta}
     real_fit = fit(REAL_ONLY, real_data, ts, cfg, training="recommender_real_only", **common)
@@ -439,7 +467,11 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
         **_prefixed(evaluate_scorer(pop, valid_hist, valid_target, cfg.k)),
     }
     for label, fitted in ((REAL_ONLY, real_fit), (FUSED, fused_fit)):
-        kwargs = {"max_history": cfg.max_history, "batch_size": cfg.eval_batch_size}
+        kwargs = {
+            "max_history": cfg.max_history,
+            "batch_size": cfg.eval_batch_size,
+            "country_ids": ev["country_id"].tolist(),
+        }
         test_scores = model_scores(fitted.model, test_hist, **kwargs)
         valid_scores = model_scores(fitted.model, valid_hist, **kwargs)
         metrics[label] = {
@@ -474,11 +506,18 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
         },
         "epoch_losses": {REAL_ONLY: real_fit.epoch_losses, FUSED: fused_fit.epoch_losses},
         "n_parameters": sum(p.numel() for p in fused_fit.model.parameters()),
+        "customer_features": (
+            {"country": len(ts.countries), "activity_buckets": N_ACTIVITY_BUCKETS}
+            if mcfg.n_countries
+            else None
+        ),
     }
     with art.atomic_dir(model_dir) as tmp:
         torch.save(fused_fit.model.state_dict(), tmp / MODEL_WEIGHTS)
         art.write_json(tmp / MODEL_CONFIG, mcfg.model_dump())
         shutil.copyfile(training_dir / art.ITEM_MAP, tmp / art.ITEM_MAP)
+        # The vocabulary the country ids index, for export and serving.
+        art.write_json(tmp / COUNTRIES, {"countries": list(ts.countries)})
         art.write_json(tmp / art.PRIVACY, fused_fit.record.model_dump())
         art.write_json(tmp / REAL_ONLY_PRIVACY, real_fit.record.model_dump())
         canaries.save(tmp, canary_set)

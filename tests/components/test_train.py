@@ -161,7 +161,7 @@ def test_model_config_rejects_indivisible_heads() -> None:
 
 def test_next_item_records_align_inputs_and_targets() -> None:
     data = next_item_records([[5, 6, 7], [1], [1, 2, 3, 4, 5, 6]], [1.0, 1.0, 0.5], max_history=4)
-    inputs, targets, weights = data.tensors
+    inputs, targets, weights = data.tensors[:3]
     assert inputs.tolist() == [[0, 0, 5, 6], [0, 0, 0, 1], [2, 3, 4, 5]]
     assert targets.tolist() == [[0, 0, 6, 7], [0, 0, 0, 0], [3, 4, 5, 6]]
     assert weights.tolist() == [1.0, 1.0, 0.5]
@@ -207,7 +207,7 @@ def test_opacus_clipped_gradient_matches_per_sample_reference(mode: str) -> None
     data = next_item_records(
         [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11, 12], [13, 14]], [1.0, 0.5, 1.0, 1.0], 8
     )
-    inputs, targets, weights = data.tensors
+    inputs, targets, weights = data.tensors[:3]
     clip = 0.05  # small enough that every sample is clipped
     reference = tiny_model(1)
     reference.train()
