@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,14 @@ from components.common import artifacts
 from components.common.errors import ConfigError, InputError
 from components.register_features import logic
 from components.register_features.config import FeaturesConfig
+from serving.procs import LocalRedis, running_redis
 
 N_CUSTOMERS = 12
 N_ITEMS = 80
 DIM = 384
 CFG = FeaturesConfig(recent_items=50, check_rows=4)
+# This suite's Redis ports (tests/serving/test_features.py uses the same range).
+REDIS_PORTS = range(19500, 19550)
 
 
 def write_inputs(root: Path) -> tuple[Path, Path]:
@@ -357,53 +360,18 @@ def test_config_rejects_unknown_store_and_zero_ttl():
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory):
-    """A redis-server started by this test on 127.0.0.1, ended by its own PID afterwards."""
-    import socket
-    import time
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (scripts/redis-test-server.sh install adds it)")
-    import redis
-
-    port = None
-    for candidate in range(19500, 19600):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", candidate)) != 0:
-                port = candidate
-                break
-    if port is None:
-        pytest.skip("no free port in 19500-19599 for the test Redis")
-    state = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes"]
-        + ["--save", "", "--appendonly", "no", "--dir", str(state)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"redis-server pid {proc.pid} did not answer on 127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}", client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    """A redis-server of this module's on 127.0.0.1 (19500-19549), ended by its own PID."""
+    with running_redis(tmp_path_factory.mktemp("redis"), REDIS_PORTS, unavailable=pytest.skip) as r:
+        yield r
 
 
 @pytest.mark.integration
 def test_redis_store_serves_the_same_values(redis_server, inputs, tmp_path, monkeypatch):
     from feast import FeatureStore
 
-    connection, client = redis_server
-    monkeypatch.setenv(logic.REDIS_ENV, connection)
+    client = redis_server.client()
+    monkeypatch.setenv(logic.REDIS_ENV, redis_server.url)
     cleaned, training = inputs
     out = tmp_path / "feature_store"
     summary = logic.run(FeaturesConfig(online_store="redis", check_rows=4), cleaned, training, out)

@@ -1,15 +1,14 @@
 """serving.features against real Feast repos built by register_features: read, TTL, push, keys.
 
 One sqlite store per module (Feast's import and apply dominate); tests that write to it push to
-customers no other test reads. The Redis test starts its own redis-server on 127.0.0.1.
+customers no other test reads. The Redis tests start their own redis-server on 127.0.0.1
+(serving.procs.running_redis).
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from serving.errors import BadRequest, ModelLoadError
 from serving.features import HISTORY_LENGTH, CustomerHistory, extend_history, lookup_latency
+from serving.procs import LocalRedis, running_redis
 
 T0 = pd.Timestamp("2011-02-01 09:30", tz="UTC")
 ITEMS = [f"{84000 + i}" if i % 4 else f"{22000 + i}B" for i in range(90)]
@@ -34,6 +34,8 @@ HISTORIES = {
     "16029": ITEMS[40:48],
     "17511": ITEMS[60:64],
 }
+# This suite's Redis ports (tests/components/test_register_features.py uses the same range).
+REDIS_PORTS = range(19500, 19550)
 
 
 def write_inputs(root: Path) -> tuple[Path, Path]:
@@ -384,49 +386,17 @@ def test_lookup_latency_reports_percentiles_of_real_reads(repo):
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    """A redis-server started here on 127.0.0.1 (19500-19599), ended by its own PID."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (scripts/redis-test-server.sh install adds it)")
-    import redis
-
-    port = None
-    for candidate in range(19599, 19499, -1):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", candidate)) != 0:
-                port = candidate
-                break
-    if port is None:
-        pytest.skip("no free port in 19500-19599 for the test Redis")
-    state = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes"]
-        + ["--save", "", "--appendonly", "no", "--dir", str(state)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"redis-server pid {proc.pid} did not answer on 127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    """A redis-server of this module's on 127.0.0.1 (19500-19549), ended by its own PID."""
+    with running_redis(tmp_path_factory.mktemp("redis"), REDIS_PORTS, unavailable=pytest.skip) as r:
+        yield r
 
 
 @pytest.mark.integration
 def test_redis_store_reads_pushes_and_expires_through_the_same_path(
-    redis_url, inputs, tmp_path, monkeypatch
+    redis_server, inputs, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("RECSYNTH_REDIS_CONNECTION_STRING", redis_url)
+    monkeypatch.setenv("RECSYNTH_REDIS_CONNECTION_STRING", redis_server.url)
     out, summary = build(tmp_path, inputs, online_store="redis")
     redis_history = CustomerHistory(out)
     assert redis_history.store_type == "redis"
