@@ -50,6 +50,9 @@ STANDARD_COLUMNS = (
     "description",
     ORDER_COL,
 )
+# Columns a loader may add after STANDARD_COLUMNS: the item's product category (Amazon Beauty).
+CATEGORY_COL = "category"
+OPTIONAL_COLUMNS = (CATEGORY_COL,)
 
 UNKNOWN_COUNTRY = "unknown"
 # Amazon Beauty has no timestamps; synthetic ones start here and step by this much per event.
@@ -187,6 +190,45 @@ def _resolve_file(path: Path, name: str) -> Path:
     return path
 
 
+def coarse_categories(attributes: dict[str, list[int]]) -> dict[str, str]:
+    """One category per item: its attribute shared by the most items (ties: the smallest id).
+
+    S3-Rec's attribute ids mix categories and brands at every level, without names. The
+    attribute held by the most items is the coarsest grouping an item belongs to (on Beauty:
+    7 groups, the largest of 3,814 items out of 12,101), which is what a session-level
+    condition needs: few values, each with enough sessions to learn from. The name is the
+    attribute id as text (``"17"``). Items with an empty attribute list have no category.
+    """
+    counts: dict[int, int] = {}
+    for attrs in attributes.values():
+        for attr in set(attrs):
+            counts[attr] = counts.get(attr, 0) + 1
+    return {
+        item: str(min(attrs, key=lambda a: (-counts[a], a)))
+        for item, attrs in attributes.items()
+        if attrs
+    }
+
+
+def _check_attributes(raw: object, file: Path) -> dict[str, list[int]]:
+    """``{item_id: [attribute_id, ...]}`` or an InputError naming the first bad entry."""
+    if not isinstance(raw, dict):
+        raise InputError(
+            f"attributes must be an object of item id -> list of ids, got {type(raw).__name__}",
+            file=str(file),
+        )
+    for item, attrs in raw.items():
+        if not isinstance(attrs, list) or not all(
+            isinstance(a, int) and not isinstance(a, bool) for a in attrs
+        ):
+            raise InputError(
+                f"attributes of item {item!r} must be a list of integer ids, got {attrs!r}",
+                file=str(file),
+                column="attributes",
+            )
+    return raw
+
+
 def load_diginetica(path: Path) -> pd.DataFrame:
     """Read the DIGINETICA item-view sample as standard events.
 
@@ -252,13 +294,14 @@ def load_amazon_beauty(path: Path) -> pd.DataFrame:
 
     ``customer_id`` is the user id, ``invoice_id`` is ``"<user>:<position>"``, ``description`` is
     built from the attribute ids (``"attributes 12 45"``; ``"item <id>"`` when an item has none),
-    ``unit_price`` is 0.0 and ``country`` is ``"unknown"``.
+    ``unit_price`` is 0.0 and ``country`` is ``"unknown"``. ``category`` (after the standard
+    columns) is :func:`coarse_categories`'s pick, None for an item without attributes.
 
     Args:
         path: ``Beauty.txt`` or the folder holding it and ``Beauty_item2attributes.json``.
 
     Returns:
-        A frame with :data:`STANDARD_COLUMNS`.
+        A frame with :data:`STANDARD_COLUMNS` and ``category``.
     """
     file = _resolve_file(Path(path), BEAUTY_FILE)
     try:
@@ -289,7 +332,9 @@ def load_amazon_beauty(path: Path) -> pd.DataFrame:
     attr_file = file.parent / BEAUTY_ATTRIBUTES
     if attr_file.is_file():
         try:
-            attributes = json.loads(attr_file.read_text(encoding="utf-8"))
+            attributes = _check_attributes(
+                json.loads(attr_file.read_text(encoding="utf-8")), attr_file
+            )
         except json.JSONDecodeError as exc:
             raise InputError(
                 f"attributes are not valid JSON: {exc.msg}", file=str(attr_file), row=exc.lineno
@@ -305,6 +350,7 @@ def load_amazon_beauty(path: Path) -> pd.DataFrame:
 
     pos = np.asarray(positions, dtype=np.int64)
     descriptions = {i: describe(i) for i in set(items)}
+    category_of = coarse_categories(attributes)
     events = pd.DataFrame(
         {
             "customer_id": users,
@@ -316,7 +362,13 @@ def load_amazon_beauty(path: Path) -> pd.DataFrame:
             "country": UNKNOWN_COUNTRY,
             "description": [descriptions[i] for i in items],
             ORDER_COL: np.arange(len(items), dtype=np.int64),
+            CATEGORY_COL: pd.Series([category_of.get(i) for i in items], dtype=object),
         }
     )
-    logger.info("read %d amazon beauty interactions from %s", len(events), file)
-    return events.loc[:, list(STANDARD_COLUMNS)]
+    logger.info(
+        "read %d amazon beauty interactions from %s (%d categories)",
+        len(events),
+        file,
+        len(set(category_of.values())),
+    )
+    return events.loc[:, [*STANDARD_COLUMNS, CATEGORY_COL]]

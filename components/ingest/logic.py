@@ -80,7 +80,8 @@ def load_events(cfg: IngestConfig, path: Path) -> tuple[pd.DataFrame, int, dict[
     """Read and clean one dataset into standard events (before the minimum-support filters).
 
     Returns:
-        (events with loaders.STANDARD_COLUMNS, rows read, rows dropped per cleaning rule).
+        (events with loaders.STANDARD_COLUMNS and any of loaders.OPTIONAL_COLUMNS the loader
+        gives, rows read, rows dropped per cleaning rule).
     """
     if cfg.dataset == "online_retail":
         raw = loaders.read_online_retail(path)
@@ -105,11 +106,15 @@ def load_events(cfg: IngestConfig, path: Path) -> tuple[pd.DataFrame, int, dict[
         dup = typed.duplicated(subset=["customer_id", "item_id", "invoice_id", "ts"])
         kept, counts = typed.loc[~dup], {"duplicate_row": int(dup.sum())}
     dropped.update(counts)
-    return kept.loc[:, list(loaders.STANDARD_COLUMNS)], rows_read, dropped
+    optional = [c for c in loaders.OPTIONAL_COLUMNS if c in kept.columns]
+    return kept.loc[:, [*loaders.STANDARD_COLUMNS, *optional]], rows_read, dropped
 
 
 def build_items(events: pd.DataFrame, price_bands: int) -> pd.DataFrame:
     """One row per item: canonical description, median price, price band, events, first seen.
+
+    After those, ``category``: the item's product category where the loader gives one (Amazon
+    Beauty), else null (Online Retail, Diginetica).
 
     The band is the item's quantile of median unit price among all items: with ``n`` items and
     ``r`` the rank (ties share the lowest rank, 1-based), band = floor((r - 1) * bands / n).
@@ -126,8 +131,14 @@ def build_items(events: pd.DataFrame, price_bands: int) -> pd.DataFrame:
     rank = items["unit_price"].rank(method="min").to_numpy()
     band = np.floor((rank - 1) * price_bands / max(len(items), 1)).astype(np.int64)
     items["price_band"] = np.clip(band, 0, price_bands - 1)
+    if loaders.CATEGORY_COL in events.columns:
+        category = grouped[loaders.CATEGORY_COL].first()  # one value per item in the source
+    else:
+        category = pd.Series(None, index=items.index, dtype=object)
+    # The string dtype keeps the parquet column typed string even when every value is null.
+    items[loaders.CATEGORY_COL] = category.astype("string")
     items = items.reset_index()
-    return items.loc[:, list(artifacts.ITEM_COLUMNS)]
+    return items.loc[:, [*artifacts.ITEM_COLUMNS, loaders.CATEGORY_COL]]
 
 
 def build_customers(events: pd.DataFrame) -> pd.DataFrame:

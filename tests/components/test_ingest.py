@@ -297,6 +297,7 @@ def test_run_writes_the_contract_schema(cleaned_slice: Path) -> None:
             ("price_band", pa.int64()),
             ("n_events", pa.int64()),
             ("first_seen", ts),
+            ("category", pa.string()),  # nullable: Online Retail has no categories
         ],
         artifacts.CUSTOMERS: [
             ("customer_id", pa.string()),
@@ -468,6 +469,8 @@ def test_amazon_beauty_loader_on_crafted_files(tmp_path: Path) -> None:
         "7": "attributes 9",
         "83": "attributes 4 5",
     }
+    # the attribute held by most items is each item's category; item 5 has no attributes
+    assert items["category"].to_dict() == {"4": "1", "5": None, "7": "9", "83": "4"}
     events = pd.read_parquet(out / artifacts.EVENTS)
     user1 = events[events["customer_id"] == "1"]
     assert user1["item_id"].tolist() == ["4", "83", "7"]
@@ -527,6 +530,17 @@ def test_amazon_beauty_loader_on_shared_files() -> None:
     steps = events.groupby("customer_id", sort=False)["ts"].diff().dropna()
     assert (steps > pd.Timedelta(0)).all()
     assert events["description"].str.startswith("attributes ").all()
+    # every Beauty item has attributes, so a category: the 7 coarsest attribute groups
+    assert events["category"].notna().all()
+    assert events.groupby("category")["item_id"].nunique().to_dict() == {
+        "1": 2627,
+        "15": 354,
+        "17": 3814,
+        "31": 330,
+        "4": 3262,
+        "64": 1222,
+        "8": 492,
+    }
 
 
 def test_parquet_with_natural_types_reads_like_the_raw_strings(
