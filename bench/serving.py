@@ -40,7 +40,6 @@ import logging
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +50,8 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from serving.procs import ServerProc, serving_argv, start_server, stop_process, wait_ready
 
 logger = logging.getLogger("bench.serving")
 
@@ -65,56 +66,11 @@ READY_TIMEOUT_S = 240
 K = 10
 
 
-@dataclass
-class Proc:
-    name: str
-    port: int
-    ready_path: str
-    proc: subprocess.Popen
-    log: Path
-
-
-def start(name: str, argv: list[str], port: int, ready_path: str, logs: Path, env=None) -> Proc:
-    """Start one server of this bench (its own process; stopped by PID in :func:`stop`)."""
-    log = logs / f"{name}.log"
-    with log.open("w", encoding="utf-8") as handle:
-        proc = subprocess.Popen(
-            [sys.executable, *argv],
-            cwd=ROOT,
-            env={**os.environ, "RECSYNTH_LOG_LEVEL": "WARNING", **(env or {})},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    return Proc(name, port, ready_path, proc, log)
-
-
-def wait_ready(p: Proc, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if p.proc.poll() is not None:
-            tail = p.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{p.name} exited {p.proc.returncode}:\n{tail}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=2)
-            conn.request("GET", p.ready_path)
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-            conn.close()
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{p.name} not ready after {READY_TIMEOUT_S} s")
-
-
-def stop(p: Proc) -> None:
-    """SIGTERM our own process by PID, SIGKILL if it lingers."""
-    if p.proc.poll() is None:
-        p.proc.terminate()
-        try:
-            p.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.proc.kill()
-            p.proc.wait(timeout=10)
+def start(name: str, argv: list[str], port: int, ready_path: str, logs: Path) -> ServerProc:
+    """Start one server of this bench (its own process; stopped by PID at the end of the run)."""
+    return start_server(
+        name, argv, port=port, log=logs / f"{name}.log", ready_path=ready_path, log_level="WARNING"
+    )
 
 
 @dataclass
@@ -367,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     paths = artifacts()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    procs: list[Proc] = []
+    servers: list[ServerProc] = []
     try:
         paths["trained"], paths["exported"] = build_models(tmp)
         catalogue = json.loads((paths["exported"] / "catalogue.json").read_text(encoding="utf-8"))
@@ -379,22 +335,19 @@ def main(argv: list[str] | None = None) -> int:
         logs = tmp / "logs"
         logs.mkdir()
         rec = str(paths["exported"])
-        serving = ["-m", "serving", "--model", "recommender"]
-        procs = [
-            start("e2e", [*serving, "--model-dir", rec, "--feature-repo", str(repo),
-                          "--port", str(PORTS["e2e"])], PORTS["e2e"],
-                  "/v2/models/recommender/ready", logs),
-            start("floor", [*serving, "--role", "predictor", "--model-dir", rec,
-                            "--port", str(PORTS["floor"])], PORTS["floor"],
-                  "/v2/models/recommender/ready", logs),
-            start("predictor", [*serving, "--role", "predictor", "--model-dir", rec,
-                                "--port", str(PORTS["predictor"])], PORTS["predictor"],
-                  "/v2/models/recommender/ready", logs),
-            start("two_process", [*serving, "--role", "transformer", "--predictor-host",
-                                  f"127.0.0.1:{PORTS['predictor']}", "--model-dir", rec,
-                                  "--feature-repo", str(repo), "--port",
-                                  str(PORTS["two_process"])], PORTS["two_process"],
-                  "/v2/models/recommender/ready", logs),
+        ready = "/v2/models/recommender/ready"
+
+        def recommender(name: str, *args: str) -> ServerProc:
+            argv = serving_argv("recommender", [*args, "--model-dir", rec], PORTS[name])
+            return start(name, argv, PORTS[name], ready, logs)
+
+        store = ["--feature-repo", str(repo)]
+        servers = [
+            recommender("e2e", *store),
+            recommender("floor", "--role", "predictor"),
+            recommender("predictor", "--role", "predictor"),
+            recommender("two_process", "--role", "transformer", "--predictor-host",
+                        f"127.0.0.1:{PORTS['predictor']}", *store),
             start("naive", ["-m", "bench.naive_server", "--model-dir", str(paths["trained"]),
                             "--catalogue", str(paths["exported"] / "catalogue.json"),
                             "--feature-repo", str(repo), "--port", str(PORTS["naive"])],
@@ -404,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         if not histories:
             raise SystemExit("the online store serves no customer history; nothing to bench")
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for p in procs:
-            wait_ready(p, deadline)
+        for server in servers:
+            # One deadline for all: they load side by side.
+            wait_ready(server, max(deadline - time.monotonic(), 0.1))
         # Timed once every server has loaded, so their start-up does not land in the lookups.
         lookups = feast_lookup(repo, list(histories), args.lookups)
         logger.info("feast lookup: %s", lookups)
@@ -454,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                 "one_over_two_rps": round(point["e2e"]["rps"] / max(two["rps"], 1e-9), 2),
             }
     finally:
-        for p in procs:
-            stop(p)
+        for server in servers:
+            stop_process(server.proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
     c32 = results["c32"]

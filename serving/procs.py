@@ -1,5 +1,11 @@
 """Local processes on 127.0.0.1 for the tests and the benchmarks, each ended by its own PID.
 
+:func:`start_server` starts a server (``python -m serving ...``, or any Python module such as the
+bench's naive peer) as a child of this process, its output appended to a log file;
+:func:`wait_ready` polls its readiness path until it answers 200 and fails, with the log's tail,
+when the process exits first or the time runs out; :func:`stop_process` ends it by its PID
+(SIGTERM, then SIGKILL if it lingers).
+
 :func:`start_redis` starts a throwaway ``redis-server`` (the Feast Redis online store of the Redis
 tests): no snapshot, no append-only file, bound to loopback, on the first port of a given range
 that it can bind. It is known to be ours before anything connects to it: its own log must say it
@@ -11,10 +17,13 @@ Nothing here imports pytest: the tests turn :class:`RedisUnavailable` into a ski
 
 from __future__ import annotations
 
+import http.client
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +34,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+# The checkout the servers run from (this package's parent), so `python -m serving` finds it.
+REPO = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 120.0
 # redis-server writes this line once its listening socket is bound.
 _REDIS_READY_LINE = "Ready to accept connections"
 REDIS_START_TIMEOUT_S = 15.0
@@ -56,6 +68,115 @@ def stop_process(proc: subprocess.Popen, *, grace_s: float = 20.0) -> int:
             proc.kill()
             proc.wait(timeout=10)
     return proc.returncode
+
+
+class ServerNotReady(RuntimeError):
+    """A server started here exited, or did not answer its readiness path in time."""
+
+
+@dataclass
+class ServerProc:
+    """A server process started by :func:`start_server`.
+
+    Attributes:
+        name: what it is called in messages (a model name, or the bench's label).
+        port: its port on 127.0.0.1.
+        proc: the process.
+        log: the file its stdout and stderr are appended to.
+        ready_path: the path that answers 200 once it serves.
+    """
+
+    name: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+    ready_path: str
+
+    @property
+    def base(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://{HOST}:{self.port}"
+
+    def log_tail(self, n: int = 30) -> str:
+        """The last ``n`` lines of its log."""
+        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+
+def serving_argv(model: str, args: list[str], port: int) -> list[str]:
+    """``-m serving --model MODEL ARGS... --port PORT`` (the serving CLI, on 127.0.0.1)."""
+    return ["-m", "serving", "--model", model, *args, "--port", str(port)]
+
+
+def start_server(
+    name: str,
+    argv: list[str],
+    *,
+    port: int,
+    log: Path,
+    ready_path: str,
+    env: dict[str, str] | None = None,
+    log_level: str = "INFO",
+) -> ServerProc:
+    """Start ``python ARGV...`` from the checkout; it does not wait (see :func:`wait_ready`).
+
+    Args:
+        name: the server's name in messages.
+        argv: the interpreter's arguments, e.g. :func:`serving_argv`'s; they must make it listen
+            on 127.0.0.1:``port``.
+        port: the port it listens on.
+        log: file its output is appended to (so a restarted server keeps one log).
+        ready_path: the path :func:`wait_ready` polls.
+        env: variables set on top of this process's environment.
+        log_level: ``RECSYNTH_LOG_LEVEL`` for it (``env`` may override).
+
+    Returns:
+        The process, started.
+    """
+    full_env = {**os.environ, "RECSYNTH_LOG_LEVEL": log_level, **(env or {})}
+    with Path(log).open("a", encoding="utf-8") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=REPO,
+            env=full_env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    logger.info("started %s: pid %d on %s:%d", name, proc.pid, HOST, port)
+    return ServerProc(name, port, proc, Path(log), ready_path)
+
+
+def wait_ready(server: ServerProc, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll ``GET ready_path`` until it answers 200.
+
+    Raises:
+        ServerNotReady: the process exited first, or ``timeout_s`` passed; the message holds
+            the log's tail.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise ServerNotReady(
+                f"{server.name} server exited {server.proc.returncode}:\n{server.log_tail()}"
+            )
+        if _answers_200(server.port, server.ready_path):
+            return
+        time.sleep(0.25)
+    raise ServerNotReady(
+        f"{server.name} server not ready after {timeout_s:.0f} s:\n{server.log_tail()}"
+    )
+
+
+def _answers_200(port: int, path: str) -> bool:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        # Not listening yet, or it closed the connection while starting.
+        return False
+    finally:
+        conn.close()
 
 
 @dataclass
