@@ -25,6 +25,7 @@ from components.common.recommender_model import (
 from components.export.config import ExportConfig
 from components.export.recommender import (
     ExportError,
+    check_customer_inputs,
     check_item_ids,
     check_parity,
     export_recommender,
@@ -183,3 +184,89 @@ def test_item_ids_are_range_checked_before_the_graph(exported: tuple) -> None:
         check_item_ids(np.array([[1, -1]]), N_ITEMS)
     with pytest.raises(InputError, match="2-D integer"):
         check_item_ids(np.array([1.0, 2.0]), N_ITEMS)
+
+
+# --- customer features -------------------------------------------------------------------------
+
+CUSTOMER_COUNTRIES = ["<unknown>", "France", "Germany"]
+
+
+@pytest.fixture(scope="module")
+def exported_customer(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
+    """A model with customer features (large embeddings so they move scores), exported."""
+    root = tmp_path_factory.mktemp("export_customer")
+    recommender, training = _write_inputs(root)
+    torch.manual_seed(1)
+    cfg = RecommenderConfig(
+        n_items=N_ITEMS,
+        n_price_bands=3,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        max_history=MAX_HISTORY,
+        n_countries=len(CUSTOMER_COUNTRIES),
+    )
+    text = torch.nn.functional.normalize(torch.randn(N_ITEMS + 1, 384), dim=1)
+    model = SequentialRecommender(cfg, text, torch.arange(N_ITEMS + 1) % 3)
+    with torch.no_grad():
+        model.head.weight.mul_(20)
+        model.country_emb.weight.mul_(50)
+        model.activity_emb.weight.mul_(50)
+    torch.save(model.state_dict(), recommender / "model.pt")
+    write_json(recommender / "model_config.json", cfg.model_dump())
+    write_json(recommender / "countries.json", {"countries": CUSTOMER_COUNTRIES})
+    out = root / "out"
+    metadata = export_recommender(recommender, training, out, cfg=ExportConfig())
+    return metadata, recommender, out
+
+
+def test_customer_graph_inputs_and_parity(exported_customer: tuple) -> None:
+    metadata, recommender, out = exported_customer
+    assert [i["name"] for i in metadata["inputs"]] == ["item_ids", "country_ids", "n_before"]
+    assert metadata["inputs"][1]["shape"] == [metadata["inputs"][0]["shape"][0]]
+    assert metadata["n_countries"] == 3 and metadata["customer_features"] == ["country", "activity"]
+    assert metadata["parity"]["max_abs_diff"] <= 1e-4 and len(metadata["parity"]["cases"]) == 9
+    assert json.loads((out / "countries.json").read_text()) == {"countries": CUSTOMER_COUNTRIES}
+
+    # ORT against torch on batches the export never saw, with every country and several counts.
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    model = load_recommender(recommender)
+    ids = np.array([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 9]] * 2, dtype=np.int64)
+    countries = np.array([0, 1, 2, 2, 1, 0], dtype=np.int64)
+    before = np.array([0, 1, 3, 1000, 7, 64], dtype=np.int64)
+    feeds = {"item_ids": ids, "country_ids": countries, "n_before": before}
+    (got,) = session.run(["scores"], feeds)
+    with torch.inference_mode():
+        want = model.score_next(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    # The inputs matter: another country or count gives other scores for the same history.
+    other = session.run(["scores"], {**feeds, "country_ids": (countries + 1) % 3})[0]
+    assert np.abs(other - got).max() > 1e-2
+    fewer = session.run(["scores"], {**feeds, "n_before": np.zeros(6, dtype=np.int64)})[0]
+    assert np.abs(fewer[2:4] - got[2:4]).max() > 1e-2
+
+
+def test_customer_inputs_are_range_checked_before_the_graph() -> None:
+    c, b = check_customer_inputs(
+        np.array([0, 2], np.int32), np.array([0, 9]), batch=2, n_countries=3
+    )
+    assert c.dtype == np.int64 and c.tolist() == [0, 2] and b.tolist() == [0, 9]
+    with pytest.raises(InputError, match=r"country_ids\[1\]=3 must be 0..2"):
+        check_customer_inputs(np.array([0, 3]), np.array([0, 0]), batch=2, n_countries=3)
+    with pytest.raises(InputError, match=r"n_before\[0\]=-1 must be >= 0"):
+        check_customer_inputs(np.array([0, 1]), np.array([-1, 0]), batch=2, n_countries=3)
+    with pytest.raises(InputError, match=r"country_ids must be a 1-D integer array \[2\]"):
+        check_customer_inputs(np.array([[0, 1]]), np.array([0, 0]), batch=2, n_countries=3)
+
+
+def test_customer_model_without_countries_file_is_an_input_error(tmp_path: Path) -> None:
+    recommender, training = _write_inputs(tmp_path)
+    cfg = RecommenderConfig(
+        n_items=N_ITEMS, n_price_bands=3, d_model=16, n_heads=2, max_history=MAX_HISTORY,
+        n_countries=2,
+    )  # fmt: skip
+    model = SequentialRecommender(cfg, torch.zeros(N_ITEMS + 1, 384), torch.arange(N_ITEMS + 1) % 3)
+    torch.save(model.state_dict(), recommender / "model.pt")
+    write_json(recommender / "model_config.json", cfg.model_dump())
+    with pytest.raises(InputError, match="no countries.json"):
+        export_recommender(recommender, training, tmp_path / "out", cfg=ExportConfig())
