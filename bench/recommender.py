@@ -1,11 +1,14 @@
 """Recommender benchmark: baselines and recommenders, with and without DP and synthetic data.
 
-    python -m bench.recommender                      # the whole table (hours on 2 CPU cores)
-    python -m bench.recommender --datasets online_retail --epsilons none 4 --seeds 0 1 2
+    python -m bench.recommender                      # the whole table (~70 min on 2 idle cores)
+    python -m bench.recommender --datasets online_retail --epsilons none 4 --jobs 1
 
-For each dataset and protocol it builds the data once (ingest, cached), then per epsilon trains
-the generator (``components.generate``, cached per dataset, protocol, epsilon and seed), fuses
-real and synthetic sequences (``components.fuse``) and trains and evaluates:
+The table is cut into blocks, one per (dataset, protocol), run by ``--jobs`` worker processes
+(longest first, one torch thread each) and merged into one results file as they progress. Each
+block builds the data once (ingest and fuse, cached), then per epsilon trains one generator
+(``components.generate``, cached per dataset, protocol, epsilon and generator settings; shared by
+the recommender seeds unless ``--generator-per-seed``), filters its sessions as fuse does, and
+trains and evaluates:
 
 - ``popularity`` and ``cooc_knn`` (item-to-item co-occurrence kNN): non-private baselines;
 - ``real_only``: the recommender on real sequences, DP-SGD at the epsilon;
@@ -22,21 +25,31 @@ skips it). Metrics: full-catalogue HR@10, NDCG@10, MRR and coverage, on all test
 the slices ``cold_users`` (at most 3 earlier purchases) and ``cold_items`` (test items no real
 training customer bought; in the temporal protocol, first seen after the cutoff), and a sampled
 mode (target against 99 negatives drawn uniformly from the items the customer never touched)
-for comparison with papers. Results: mean and std over seeds in
-``bench/results/recommender.json``, keyed dataset -> protocol -> model -> epsilon.
+for comparison with papers. Amazon Beauty's full data gets the non-private rows only; its DP
+and synthetic rows run on a customer subsample (``--subsample``), reported as its own dataset
+key (``amazon_beauty_sub<N>``).
+
+Results in ``bench/results/recommender.json``, keyed dataset -> protocol -> model -> epsilon
+(mean and std over seeds, and the per-seed values), plus per block ``synthetic_effect``
+(real_plus_synthetic minus real_only, paired by seed) and per dataset ``step_time``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import inspect
 import json
 import logging
 import math
+import multiprocessing as mp
+import queue
 import shutil
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +60,7 @@ import pyarrow.parquet as pq
 import torch
 
 from components.common import artifacts as art
-from components.common.errors import InputError
+from components.common.errors import ConfigError, InputError
 from components.common.privacy import default_delta
 from components.fuse import logic as fuse
 from components.fuse.config import FuseConfig
@@ -63,7 +76,10 @@ DATASETS = ("online_retail", "amazon_beauty", "diginetica")
 PROTOCOLS = ("leave_last_out", "temporal")
 EPSILONS = ("none", "1", "4", "8")
 MODELS = ("popularity", "cooc_knn", "real_only", "synthetic_only", "real_plus_synthetic")
+NON_PRIVATE_MODELS = ("popularity", "cooc_knn", "real_only")
 METRIC_KEYS = ("hr@10", "ndcg@10", "mrr", "coverage")
+SLICES = ("all", "cold_users", "cold_items")
+EFFECT_METRICS = ("hr@10", "ndcg@10")
 RESULTS = Path("bench/results/recommender.json")
 CACHE = Path(".recsynth/bench-recommender")
 K = 10
@@ -71,6 +87,10 @@ COLD_USER_MAX = 3
 TEMPORAL_QUANTILE = 0.8
 # Datasets whose timestamps are synthetic (the loader invents them): no temporal protocol.
 NO_REAL_TIME = {"amazon_beauty"}
+# The verdict rule of synthetic_effect: at least this many paired seeds, and |mean| above this
+# many sample standard deviations of the paired differences.
+EFFECT_MIN_SEEDS = 3
+EFFECT_STD_FACTOR = 2.0
 
 # Recommender settings per dataset: Beauty uses SASRec's published shape (max length 50,
 # width 64, 2 blocks, dropout 0.5); the shop datasets the train step's defaults.
@@ -93,11 +113,24 @@ TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
     "online_retail": {"epochs": 5, "max_history": 20},
     "diginetica": {"epochs": 5, "max_history": 20},
 }
+# Epochs of the DP trainings (real_only and real_plus_synthetic at an epsilon). A DP step costs
+# ~2.7x a plain one here (Online Retail, 1 thread: 16.5 s against 6.2 s per epoch), and at a
+# fixed epsilon fewer epochs mean less noise per step, so the DP rows train fewer epochs.
+DP_EPOCHS: dict[str, int] = {"amazon_beauty": 3, "online_retail": 3, "diginetica": 3}
 INGEST_SETTINGS: dict[str, dict[str, Any]] = {
     "online_retail": {"dataset": "online_retail", "min_items_per_customer": 2, "price_bands": 5},
     "amazon_beauty": {"dataset": "amazon_beauty", "min_items_per_customer": 1, "price_bands": 1},
     "diginetica": {"dataset": "diginetica", "min_items_per_customer": 2, "price_bands": 1},
 }
+SOURCES = {"online_retail": "bundled", "amazon_beauty": "shared", "diginetica": "shared"}
+# Seconds per training epoch with one torch thread (no DP, DP), measured on this machine with
+# the settings above on the full data: used only to order the blocks and print an estimate.
+EPOCH_SECONDS: dict[str, tuple[float, float]] = {
+    "online_retail": (6.2, 16.5),
+    "amazon_beauty": (155.0, 420.0),
+    "diginetica": (3.0, 8.0),
+}
+GENERATOR_SECONDS = {"online_retail": 90.0, "amazon_beauty": 150.0, "diginetica": 60.0}
 PROTOCOL_NOTES = {
     "sampled": "target vs 99 negatives drawn uniformly without replacement from items the "
     "customer never interacted with (history, valid and test excluded); ties count against the "
@@ -108,19 +141,116 @@ PROTOCOL_NOTES = {
     "epsilon": "real_only: recommender epsilon; synthetic_only: generator epsilon (recommender "
     "without DP); real_plus_synthetic: generator and recommender each at epsilon (2x by basic "
     "composition); popularity and cooc_knn are non-private",
-    "mix": "synthetic weight and amount chosen on validation NDCG@10 with the first seed",
+    "mix": "synthetic weight and amount chosen on validation NDCG@10 with the first seed; that "
+    "first-seed model is also the first seed's test row (it is the same training)",
+    "generator": "one generator per (dataset, protocol, epsilon), trained with the first seed "
+    "and shared by all recommender seeds unless settings.generator_per_seed: the seed spread "
+    "of synthetic_only and real_plus_synthetic is then the recommender's only",
+    "synthetic_effect": "real_plus_synthetic minus real_only at the same epsilon, paired by "
+    f"seed; std is the sample std (ddof 1) of the paired differences; verdict 'helps' if mean > "
+    f"{EFFECT_STD_FACTOR:g} x std, 'hurts' if mean < -{EFFECT_STD_FACTOR:g} x std, else 'no clear "
+    f"difference'; 'too few seeds' under {EFFECT_MIN_SEEDS} pairs. At an epsilon, "
+    "real_plus_synthetic spends the generator's epsilon too",
+    "diginetica": "the privacy unit is the session (customer_id s<session_id>): 62 % of views "
+    "are anonymous, so a known user with several sessions counts as several units",
+    "subsample": "<dataset>_sub<N>: N customers drawn uniformly (seed 0) before ingest's "
+    "outputs are used; items nobody among them bought are dropped",
 }
-SOURCES = {"online_retail": "bundled", "amazon_beauty": "shared", "diginetica": "shared"}
 
 
-def _ingest(dataset: str, cache: Path) -> Path:
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One (dataset, protocol) of the table, run start to end by one worker."""
+
+    dataset: str
+    protocol: str
+    models: tuple[str, ...]
+    epsilons: tuple[str, ...]
+    subsample: int | None = None  # customers drawn before anything else (None: all)
+
+    @property
+    def key(self) -> str:
+        """The dataset key in the results."""
+        return self.dataset if self.subsample is None else f"{self.dataset}_sub{self.subsample}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.key}/{self.protocol}"
+
+
+# --------------------------------------------------------------------------------------------
+# Logging: every line carries the block it belongs to.
+
+_BLOCK = "-"
+
+
+class _BlockFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.block = _BLOCK
+        return True
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_BlockFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(block)s] %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+
+
+def code_fingerprint() -> str:
+    """A short hash of the code that builds the cached data (ingest, fuse, generate, common).
+
+    The cache lives under it, so a change in those steps never reuses stale artifacts.
+    """
+    root = Path(__file__).resolve().parent.parent / "components"
+    digest = hashlib.sha256()
+    for part in ("common", "ingest", "fuse", "generate"):
+        for file in sorted((root / part).glob("*.py")):
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _ingest(dataset: str, cache: Path, source: str) -> Path:
     """``cleaned/`` of a dataset, built once per cache."""
     from components.ingest import logic as ingest
     from components.ingest.config import IngestConfig
 
     out = cache / dataset / "cleaned"
     if not (out / art.SEQUENCES).is_file():
-        ingest.run(IngestConfig(**INGEST_SETTINGS[dataset]), SOURCES[dataset], out)
+        ingest.run(IngestConfig(**INGEST_SETTINGS[dataset]), source, out)
+    return out
+
+
+def _subsample_cleaned(cleaned: Path, n: int, out: Path) -> Path:
+    """A ``cleaned/`` with ``n`` customers drawn uniformly (seed 0) and the items they bought."""
+    if (out / art.SEQUENCES).is_file():
+        return out
+    seqs = pd.read_parquet(cleaned / art.SEQUENCES)
+    ids = np.sort(seqs["customer_id"].astype(str).to_numpy())
+    if n >= len(ids):
+        raise ConfigError(f"--subsample {n} must be below the dataset's {len(ids)} customers")
+    keep = set(np.random.default_rng(0).choice(ids, size=n, replace=False).tolist())
+    with art.atomic_dir(out) as tmp:
+        seqs = seqs[seqs["customer_id"].astype(str).isin(keep)]
+        seqs.to_parquet(tmp / art.SEQUENCES, index=False)
+        events = pd.read_parquet(cleaned / art.EVENTS)
+        events = events[events["customer_id"].astype(str).isin(keep)]
+        events.to_parquet(tmp / art.EVENTS, index=False)
+        customers = pd.read_parquet(cleaned / art.CUSTOMERS)
+        customers[customers["customer_id"].astype(str).isin(keep)].to_parquet(
+            tmp / art.CUSTOMERS, index=False
+        )
+        items = pd.read_parquet(cleaned / art.ITEMS)
+        bought = set(events["item_id"].astype(str))
+        items[items["item_id"].astype(str).isin(bought)].to_parquet(tmp / art.ITEMS, index=False)
+    logger.info("subsample: %d customers, %d items", len(seqs), len(bought))
     return out
 
 
@@ -153,19 +283,27 @@ def _empty_synthetic(out: Path) -> Path:
 
 def _synthetic(
     args: argparse.Namespace, gen_cleaned: Path, root: Path, eps: str, seed: int
-) -> Path:
-    """Synthetic sessions from components.generate at ``eps``, cached per (eps, seed)."""
+) -> tuple[Path, float]:
+    """Synthetic sessions from components.generate at ``eps`` and the seconds it took (0 cached).
+
+    Cached per epsilon, seed and generator settings.
+    """
     from components.generate import logic as generate
     from components.generate.config import GenerateConfig
 
-    out = root / f"synthetic-eps{eps}-seed{seed}"
+    tag = (
+        f"eps{eps}-seed{seed}-{args.gen_size}-e{args.gen_epochs}-b{args.gen_batch_size}"
+        f"-n{args.n_synthetic}"
+    )
+    out = root / f"synthetic-{tag}"
     if (out / art.SYNTHETIC_SESSIONS).is_file():
-        return out
+        return out, 0.0
     dp = {"enabled": False} if eps == "none" else {"target_epsilon": float(eps)}
     cfg = GenerateConfig.model_validate(
         {
             "size": args.gen_size,
             "epochs": args.gen_epochs,
+            "batch_size": args.gen_batch_size,
             "n_synthetic": args.n_synthetic,
             "dp": dp,
             "quality_report": False,
@@ -173,9 +311,10 @@ def _synthetic(
         }
     )
     started = time.perf_counter()
-    generate.run(cfg, gen_cleaned, root / f"generator-eps{eps}-seed{seed}", out, seed=seed)
-    logger.info("generator eps=%s seed=%d: %.0f s", eps, seed, time.perf_counter() - started)
-    return out
+    generate.run(cfg, gen_cleaned, root / f"generator-{tag}", out, seed=seed)
+    seconds = time.perf_counter() - started
+    logger.info("generator eps=%s seed=%d: %.0f s", eps, seed, seconds)
+    return out, seconds
 
 
 def _training_set(cleaned: Path, synthetic: Path, out: Path, cutoff: pd.Timestamp | None) -> Path:
@@ -186,11 +325,18 @@ def _training_set(cleaned: Path, synthetic: Path, out: Path, cutoff: pd.Timestam
     return out
 
 
+def _country_ids(ts: TrainingSet, countries: Sequence[Any]) -> np.ndarray:
+    """Country strings mapped with the training set's countries.json (unknown or unseen: 0)."""
+    index = {name: i for i, name in enumerate(ts.countries)}
+    return np.asarray([index.get(c, 0) if isinstance(c, str) else 0 for c in countries], np.int64)
+
+
 def _with_synthetic(ts_real: TrainingSet, synthetic_dir: Path) -> tuple[TrainingSet, dict]:
     """``ts_real`` plus the synthetic sessions that pass fuse's filters (weight 1).
 
     The same filters as the fuse step (fuse.map_synthetic with FuseConfig's defaults), applied
-    here so the MiniLM item features are not recomputed for every generator.
+    here so the MiniLM item features are not recomputed for every generator. The generated
+    country is mapped with the real countries.json, as fuse does (unseen: 0).
     """
     cfg = FuseConfig()
     synthetic = art.read_parquet(synthetic_dir / art.SYNTHETIC_SESSIONS, fuse.SYNTHETIC_COLUMNS)
@@ -211,15 +357,24 @@ def _with_synthetic(ts_real: TrainingSet, synthetic_dir: Path) -> tuple[Training
             "weight": 1.0,
         }
     )
+    if "country_id" in real.columns:
+        countries = syn["country"] if "country" in syn.columns else [None] * len(frame)
+        frame["country_id"] = _country_ids(ts_real, list(countries))
     sequences = pd.concat([real, frame], ignore_index=True)
     ts = dataclasses.replace(ts_real, sequences=sequences)
     return ts, {"read": len(synthetic), "kept": len(frame), "dropped": dropped}
 
 
+def _case_countries(ts: TrainingSet, n: int, column: Any = None) -> np.ndarray:
+    if column is None:
+        return np.zeros(n, dtype=np.int64)
+    return np.asarray(column, dtype=np.int64)
+
+
 def _test_cases(
     ts: TrainingSet, cleaned: Path, protocol: str, cutoff: pd.Timestamp | None
 ) -> dict[str, Any]:
-    """Test histories, targets, everything each customer touched, and the slice masks."""
+    """Test histories, targets, countries, everything each customer touched, and slice masks."""
     n_items = len(ts.item_map)
     trained = ts.popularity > 0
     if protocol == "leave_last_out":
@@ -227,13 +382,14 @@ def _test_cases(
         hist = [list(h) + [int(v)] for h, v in zip(e["history"], e["valid_item"], strict=True)]
         target = [int(t) for t in e["test_item"]]
         seen = [h + [t] for h, t in zip(hist, target, strict=True)]
-        cold_item = np.array([not trained[t] for t in target])
+        cold_item = np.array([not trained[t] for t in target], dtype=bool)
+        country = _case_countries(ts, len(hist), e.get("country_id"))
     else:
         seqs = pd.read_parquet(cleaned / art.SEQUENCES)
         items = pd.read_parquet(cleaned / art.ITEMS, columns=["item_id", "first_seen"])
         first_seen = dict(zip(items["item_id"].astype(str), items["first_seen"], strict=True))
-        hist, target, seen, cold_item = [], [], [], []
-        for its, times in zip(seqs["items"], seqs["ts"], strict=True):
+        hist, target, seen, cold_item, names = [], [], [], [], []
+        for its, times, cty in zip(seqs["items"], seqs["ts"], seqs["country"], strict=True):
             times = pd.to_datetime(pd.Series(list(times)), utc=True).to_numpy()
             before = [str(i) for i, t in zip(its, times, strict=True) if t < cutoff]
             after = [str(i) for i, t in zip(its, times, strict=True) if t >= cutoff]
@@ -243,11 +399,14 @@ def _test_cases(
             target.append(ts.item_map.index(after[0]))
             seen.append(ts.item_map.encode([str(i) for i in its]))
             cold_item.append(first_seen[after[0]] >= cutoff)
+            names.append(cty)
         cold_item = np.array(cold_item, dtype=bool)
+        country = _country_ids(ts, names)
     cold_user = np.array([len(h) <= COLD_USER_MAX for h in hist], dtype=bool)
     return {
         "hist": hist,
         "target": target,
+        "country": country,
         "seen": seen,
         "slices": {
             "all": np.ones(len(hist), dtype=bool),
@@ -258,39 +417,40 @@ def _test_cases(
     }
 
 
-def _valid_cases(ts: TrainingSet) -> tuple[list[list[int]], list[int]]:
+def _valid_cases(ts: TrainingSet) -> dict[str, Any]:
     e = ts.eval_cases
-    return [list(h) for h in e["history"]], [int(v) for v in e["valid_item"]]
+    hist = [list(h) for h in e["history"]]
+    country = _case_countries(ts, len(hist), e.get("country_id"))
+    return {"hist": hist, "target": [int(v) for v in e["valid_item"]], "country": country}
 
+
+# --------------------------------------------------------------------------------------------
+# Scoring.
 
 CHUNK = 2048  # test cases scored at once: a full score matrix of Beauty would take GBs
+ScoreFn = Callable[[list[list[int]], np.ndarray], np.ndarray]
 
 
 def _ranked(
-    score_fn: Callable[[list[list[int]]], np.ndarray],
-    hist: list[list[int]],
-    target: list[int],
-    negatives: np.ndarray | None = None,
+    score_fn: ScoreFn, cases: dict[str, Any], negatives: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Full-catalogue ranks, top-k lists and (with negatives) sampled ranks, chunk by chunk."""
+    hist, target, country = cases["hist"], cases["target"], cases["country"]
     ranks, recommended, sampled = [], [], []
     for start in range(0, len(hist), CHUNK):
-        h, t = hist[start : start + CHUNK], target[start : start + CHUNK]
-        scores = np.asarray(score_fn(h), dtype=np.float64)
+        stop = start + CHUNK
+        h, t = hist[start:stop], target[start:stop]
+        scores = np.asarray(score_fn(h, country[start:stop]), dtype=np.float64)
         ranks.append(ev.ranks(scores, h, t))
         recommended.append(ev.top_k(scores, h, K))
         if negatives is not None:
-            sampled.append(ev.sampled_ranks(scores, t, negatives[start : start + CHUNK]))
+            sampled.append(ev.sampled_ranks(scores, t, negatives[start:stop]))
     cat = (lambda xs: np.concatenate(xs)) if hist else (lambda xs: np.zeros(0, dtype=np.int64))
     return cat(ranks), cat(recommended), cat(sampled) if negatives is not None else None
 
 
-def _metrics(
-    score_fn: Callable[[list[list[int]]], np.ndarray],
-    cases: dict[str, Any],
-    negatives: np.ndarray,
-) -> dict[str, Any]:
-    rank, recommended, sampled = _ranked(score_fn, cases["hist"], cases["target"], negatives)
+def _metrics(score_fn: ScoreFn, cases: dict[str, Any], negatives: np.ndarray) -> dict[str, Any]:
+    rank, recommended, sampled = _ranked(score_fn, cases, negatives)
     out: dict[str, Any] = {}
     for name, mask in cases["slices"].items():
         if not mask.any():
@@ -304,15 +464,21 @@ def _metrics(
     return out
 
 
+def customer_features_supported() -> bool:
+    """Whether this checkout's recommender takes country and activity inputs."""
+    return "country_ids" in inspect.signature(ev.model_scores).parameters
+
+
 def _train_cfg(dataset: str, eps: str, epochs: int | None) -> TrainConfig:
     settings = dict(TRAIN_SETTINGS[dataset])
+    if eps != "none":
+        settings["epochs"] = DP_EPOCHS.get(dataset, settings.get("epochs", 5))
+        settings["tie_output"] = False  # ghost clipping cannot clip a layer used twice
     if epochs is not None:
         settings["epochs"] = epochs
     settings["dp"] = (
         {"enabled": False} if eps == "none" else {"enabled": True, "target_epsilon": float(eps)}
     )
-    if eps != "none":
-        settings["tie_output"] = False  # ghost clipping cannot clip a layer used twice
     return TrainConfig.model_validate(settings)
 
 
@@ -323,9 +489,11 @@ def _fit_and_score(
     cfg: TrainConfig,
     seed: int,
     n_units: int,
-) -> tuple[Callable[[list[list[int]]], np.ndarray], dict[str, float]]:
+) -> tuple[ScoreFn, dict[str, float]]:
+    features = customer_features_supported() and "country_id" in sequences.columns
+    extra = {"country_ids": sequences["country_id"].tolist()} if features else {}
     data = next_item_records(
-        sequences["items"].tolist(), sequences["weight"].tolist(), cfg.max_history
+        sequences["items"].tolist(), sequences["weight"].tolist(), cfg.max_history, **extra
     )
     result = fit(
         name,
@@ -345,8 +513,20 @@ def _fit_and_score(
         "epsilon": result.record.epsilon,
     }
 
-    def score_fn(histories: list[list[int]]) -> np.ndarray:
-        return ev.model_scores(result.model, histories, max_history=cfg.max_history, batch_size=512)
+    def score_fn(histories: list[list[int]], countries: np.ndarray) -> np.ndarray:
+        if not features:
+            return ev.model_scores(
+                result.model, histories, max_history=cfg.max_history, batch_size=512
+            )
+        # Whole histories are passed: model_scores counts what falls before the window itself.
+        return ev.model_scores(
+            result.model,
+            histories,
+            country_ids=countries,
+            n_before=np.zeros(len(histories), dtype=np.int64),
+            max_history=cfg.max_history,
+            batch_size=512,
+        )
 
     return score_fn, timing
 
@@ -361,26 +541,41 @@ def _mix(ts: TrainingSet, weight: float, amount: float) -> pd.DataFrame:
 
 def _select_mix(
     args: argparse.Namespace, ts: TrainingSet, cfg: TrainConfig, n_real: int
-) -> dict[str, float]:
-    """Synthetic weight and amount with the best validation NDCG@10 (first seed only)."""
-    hist, target = _valid_cases(ts)
+) -> tuple[dict[str, float], ScoreFn, dict[str, float]]:
+    """Synthetic weight and amount with the best validation NDCG@10 (first seed only).
+
+    Returns the choice with the winning first-seed model and its timing, which is the first
+    seed's real_plus_synthetic row as well (the same data, settings and seed).
+    """
+    valid = _valid_cases(ts)
     best: dict[str, float] = {}
+    best_fn: ScoreFn | None = None
+    best_timing: dict[str, float] = {}
     for weight in args.weights:
         for amount in args.amounts:
-            score_fn, _ = _fit_and_score(
-                "select", ts, _mix(ts, weight, amount), cfg, args.seeds[0], n_real
+            score_fn, timing = _fit_and_score(
+                "real_plus_synthetic", ts, _mix(ts, weight, amount), cfg, args.seeds[0], n_real
             )
-            ndcg = ev.ranking_metrics(_ranked(score_fn, hist, target)[0], K)[f"ndcg@{K}"]
+            ndcg = ev.ranking_metrics(_ranked(score_fn, valid)[0], K)[f"ndcg@{K}"]
             logger.info("mix weight=%.2f amount=%.2f: valid NDCG@10 %.4f", weight, amount, ndcg)
             if not best or ndcg > best["valid_ndcg@10"]:
                 best = {"weight": weight, "amount": amount, "valid_ndcg@10": ndcg}
-    return best
+                best_fn, best_timing = score_fn, timing
+    if best_fn is None:
+        raise ConfigError("--weights and --amounts need at least one value each")
+    return best, best_fn, best_timing
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries.
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds of every metric of every slice."""
+    """Mean and std over seeds of every metric of every slice, and the per-seed values."""
     out: dict[str, Any] = {"n_seeds": len(runs)}
     for part, values in runs[0].items():
+        if part == "seed":
+            continue
         if isinstance(values, dict):
             out[part] = {}
             for key, v in values.items():
@@ -389,12 +584,114 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     out[part][key] = v
                 elif isinstance(v, (int, float)):
                     out[part][key] = {"mean": float(np.mean(xs)), "std": float(np.std(xs))}
-        elif isinstance(values, (int, float)):
-            out[part] = {
-                "mean": float(np.mean([r[part] for r in runs])),
-                "std": float(np.std([r[part] for r in runs])),
-            }
+    out["per_seed"] = [
+        {
+            "seed": r.get("seed"),
+            **{
+                s: {m: r[s][m] for m in EFFECT_METRICS if m in r.get(s, {})}
+                for s in (*SLICES, "sampled")
+            },
+        }
+        for r in runs
+    ]
     return out
+
+
+def effect_verdict(diffs: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample std of paired differences and the verdict by the stated rule.
+
+    ``helps`` when mean > EFFECT_STD_FACTOR x std, ``hurts`` when mean < -EFFECT_STD_FACTOR x
+    std, else ``no clear difference``; ``too few seeds`` with fewer than EFFECT_MIN_SEEDS pairs.
+    """
+    xs = np.asarray(list(diffs), dtype=np.float64)
+    n = int(xs.size)
+    mean = float(xs.mean()) if n else math.nan
+    std = float(xs.std(ddof=1)) if n > 1 else math.nan
+    if n < EFFECT_MIN_SEEDS:
+        verdict = "too few seeds"
+    elif mean > EFFECT_STD_FACTOR * std:
+        verdict = "helps"
+    elif mean < -EFFECT_STD_FACTOR * std:
+        verdict = "hurts"
+    else:
+        verdict = "no clear difference"
+    return {"mean": mean, "std": std, "n": n, "diffs": [float(x) for x in xs], "verdict": verdict}
+
+
+def synthetic_effect(block: dict[str, Any]) -> dict[str, Any]:
+    """real_plus_synthetic minus real_only per epsilon, slice and metric, paired by seed."""
+    out: dict[str, Any] = {}
+    for eps, mixed in block.get("real_plus_synthetic", {}).items():
+        real = block.get("real_only", {}).get(eps)
+        if real is None:
+            continue
+        by_seed = {r["seed"]: r for r in real.get("per_seed", [])}
+        pairs = [(by_seed[r["seed"]], r) for r in mixed.get("per_seed", []) if r["seed"] in by_seed]
+        out[eps] = {}
+        for slice_name in SLICES:
+            out[eps][slice_name] = {}
+            for metric in EFFECT_METRICS:
+                diffs = [
+                    b[slice_name][metric] - a[slice_name][metric]
+                    for a, b in pairs
+                    if metric in a.get(slice_name, {}) and metric in b.get(slice_name, {})
+                ]
+                out[eps][slice_name][metric] = effect_verdict(diffs)
+    return out
+
+
+def step_time(results: dict[str, Any]) -> dict[str, Any]:
+    """Per dataset: mean training step time (ms) over the rows without and with DP, and ratio."""
+    out: dict[str, Any] = {}
+    for dataset, protocols in results.get("datasets", {}).items():
+        rows: dict[str, dict[str, list[float]]] = {
+            "non_dp": {"wall": [], "cpu": []},
+            "dp": {"wall": [], "cpu": []},
+        }
+        for block in protocols.values():
+            for model in ("real_only", "synthetic_only", "real_plus_synthetic"):
+                for eps, row in block.get(model, {}).items():
+                    timing = row.get("timing", {})
+                    if "step_ms" not in timing:
+                        continue
+                    # synthetic_only always trains without DP (see PROTOCOL_NOTES["epsilon"]).
+                    kind = "non_dp" if eps == "none" or model == "synthetic_only" else "dp"
+                    rows[kind]["wall"].append(timing["step_ms"]["mean"])
+                    rows[kind]["cpu"].append(timing["step_cpu_ms"]["mean"])
+        entry: dict[str, Any] = {}
+        for kind, values in rows.items():
+            entry[f"{kind}_step_ms"] = float(np.mean(values["wall"])) if values["wall"] else None
+            entry[f"{kind}_step_cpu_ms"] = float(np.mean(values["cpu"])) if values["cpu"] else None
+            entry[f"{kind}_rows"] = len(values["wall"])
+        for unit in ("step_ms", "step_cpu_ms"):
+            a, b = entry[f"dp_{unit}"], entry[f"non_dp_{unit}"]
+            entry[f"dp_ratio_{unit.removesuffix('_ms')}"] = a / b if a and b else None
+        out[dataset] = entry
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# One block.
+
+
+def _used(
+    args: argparse.Namespace,
+    cfg: TrainConfig,
+    seeds: Sequence[int],
+    n_sequences: int,
+    spec: BlockSpec,
+    generator: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "seeds": list(seeds),
+        "epochs": cfg.epochs,
+        "dp": cfg.dp.enabled,
+        "tie_output": cfg.tie_output,
+        "n_train_sequences": n_sequences,
+        "customers": "all" if spec.subsample is None else f"subsample of {spec.subsample}",
+        "customer_features": customer_features_supported(),
+        "generator": generator,
+    }
 
 
 def run_protocol(
@@ -402,19 +699,36 @@ def run_protocol(
     dataset: str,
     protocol: str,
     save: Callable[[dict[str, Any]], None] = lambda block: None,
+    *,
+    spec: BlockSpec | None = None,
 ) -> dict[str, Any]:
-    """Every model and epsilon of one dataset under one protocol.
+    """Every model and epsilon of one dataset under one protocol (one block of the table).
 
-    ``save`` is called with the block so far after the baselines and after each epsilon, so an
+    ``save`` is called with the block so far after the baselines and after each row, so an
     interrupted run keeps what it finished.
+
+    Args:
+        args: the parsed command line (``parse_args``).
+        dataset: one of DATASETS.
+        protocol: one of PROTOCOLS.
+        save: called with the block so far.
+        spec: models, epsilons and subsample of the block (default: ``args``' models and
+            epsilons, all customers).
+
+    Returns:
+        The block: sizes, rows keyed model -> epsilon, and ``synthetic_effect``.
     """
-    cache = Path(args.cache)
-    cleaned = _ingest(dataset, cache)
-    root = cache / dataset / protocol
+    if spec is None:
+        spec = BlockSpec(dataset, protocol, tuple(args.models), tuple(args.epsilons))
+    cache = Path(args.cache) / code_fingerprint()
+    cleaned = _ingest(dataset, cache, dict(args.source).get(dataset, SOURCES[dataset]))
+    if spec.subsample is not None:
+        cleaned = _subsample_cleaned(cleaned, spec.subsample, cache / spec.key / "cleaned")
+    root = cache / spec.key / protocol
     cutoff = _cutoff(cleaned) if protocol == "temporal" else None
     gen_cleaned = _cleaned_before(cleaned, cutoff, root / "cleaned-before") if cutoff else cleaned
     out: dict[str, Any] = {"cutoff": cutoff.isoformat() if cutoff is not None else None}
-    models = [m for m in MODELS if m in args.models]
+    models = [m for m in MODELS if m in spec.models]
     needs_synthetic = {"synthetic_only", "real_plus_synthetic"} & set(models)
 
     base_ts_dir = _training_set(
@@ -426,22 +740,28 @@ def run_protocol(
     n_real = len(ts_real.real)
     out["n_test"] = len(cases["target"])
     out["n_real_sequences"] = n_real
+    out["n_items"] = cases["n_items"]
+    out["subsample"] = spec.subsample
     out["slice_sizes"] = {k: int(v.sum()) for k, v in cases["slices"].items()}
+    logger.info(
+        "%d real sequences, %d items, %d test cases", n_real, cases["n_items"], len(cases["target"])
+    )
 
     # Baselines do not depend on epsilon or seed.
     if "popularity" in models:
 
-        def pop_fn(h: list[list[int]]) -> np.ndarray:
+        def pop_fn(h: list[list[int]], _countries: np.ndarray) -> np.ndarray:
             return ev.popularity_scores(ts_real.popularity, len(h))
 
         out["popularity"] = {"none": _summarise([_metrics(pop_fn, cases, negatives)])}
     if "cooc_knn" in models:
         knn = CooccurrenceKNN(ts_real.real["items"].tolist(), cases["n_items"])
-        out["cooc_knn"] = {"none": _summarise([_metrics(knn.scores, cases, negatives)])}
-
+        out["cooc_knn"] = {
+            "none": _summarise([_metrics(lambda h, _c: knn.scores(h), cases, negatives)])
+        }
     save(out)
-    for eps in args.epsilons:
-        save(out)
+
+    for eps in spec.epsilons:
         cfg = _train_cfg(dataset, eps, args.epochs)
         if "real_only" in models:
             runs = []
@@ -449,9 +769,11 @@ def run_protocol(
                 scores, timing = _fit_and_score(
                     "real_only", ts_real, ts_real.real, cfg, seed, n_real
                 )
-                runs.append({**_metrics(scores, cases, negatives), "timing": timing})
-            out.setdefault("real_only", {})[eps] = _summarise(runs)
-            _log_row(dataset, protocol, "real_only", eps, out["real_only"][eps])
+                runs.append({"seed": seed, **_metrics(scores, cases, negatives), "timing": timing})
+            row = _summarise(runs)
+            row["used"] = _used(args, cfg, args.seeds, n_real, spec)
+            out.setdefault("real_only", {})[eps] = row
+            _log_row(spec, "real_only", eps, row)
             save(out)
         if not needs_synthetic or dataset in args.no_synthetic:
             continue
@@ -460,11 +782,25 @@ def run_protocol(
             "real_plus_synthetic": [],
         }
         mix: dict[str, float] = {}
+        used: dict[str, dict[str, Any]] = {}
+        first_fn: ScoreFn | None = None
+        first_timing: dict[str, float] = {}
         for seed in args.seeds:
             gen_seed = seed if args.generator_per_seed else args.seeds[0]
-            syn_dir = _synthetic(args, gen_cleaned, root, eps, gen_seed)
+            syn_dir, gen_seconds = _synthetic(args, gen_cleaned, root, eps, gen_seed)
             ts, filtered = _with_synthetic(ts_real, syn_dir)
-            out.setdefault("synthetic_filter", {})[f"eps{eps}-seed{gen_seed}"] = filtered
+            key = f"eps{eps}-seed{gen_seed}"
+            if gen_seconds:
+                filtered["generator_seconds"] = gen_seconds
+            out.setdefault("synthetic_filter", {}).setdefault(key, filtered)
+            generator = {
+                "size": args.gen_size,
+                "epochs": args.gen_epochs,
+                "n_synthetic": args.n_synthetic,
+                "epsilon": eps,
+                "shared_by_seeds": not args.generator_per_seed,
+                "seeds": list(args.seeds) if args.generator_per_seed else [args.seeds[0]],
+            }
             syn = ts.sequences[ts.sequences["source"] == "synthetic"]
             if syn.empty:
                 logger.warning("no synthetic sequence survived the filters (eps=%s)", eps)
@@ -476,38 +812,48 @@ def run_protocol(
                     "synthetic_only", ts, syn, syn_cfg, seed, max(1, len(syn))
                 )
                 syn_runs["synthetic_only"].append(
-                    {**_metrics(scores, cases, negatives), "timing": timing}
+                    {"seed": seed, **_metrics(scores, cases, negatives), "timing": timing}
                 )
+                used["synthetic_only"] = _used(args, syn_cfg, args.seeds, len(syn), spec, generator)
             if "real_plus_synthetic" in models:
                 if not mix:
-                    mix = _select_mix(args, ts, cfg, n_real)
-                scores, timing = _fit_and_score(
-                    "real_plus_synthetic",
-                    ts,
-                    _mix(ts, mix["weight"], mix["amount"]),
-                    cfg,
-                    seed,
-                    n_real,
-                )
+                    mix, first_fn, first_timing = _select_mix(args, ts, cfg, n_real)
+                if seed == args.seeds[0] and first_fn is not None:
+                    scores, timing = first_fn, first_timing
+                else:
+                    scores, timing = _fit_and_score(
+                        "real_plus_synthetic",
+                        ts,
+                        _mix(ts, mix["weight"], mix["amount"]),
+                        cfg,
+                        seed,
+                        n_real,
+                    )
                 syn_runs["real_plus_synthetic"].append(
-                    {**_metrics(scores, cases, negatives), "timing": timing}
+                    {"seed": seed, **_metrics(scores, cases, negatives), "timing": timing}
                 )
+                n_mixed = len(_mix(ts, mix["weight"], mix["amount"]))
+                used["real_plus_synthetic"] = _used(args, cfg, args.seeds, n_mixed, spec, generator)
         for name, runs in syn_runs.items():
             if runs:
-                out.setdefault(name, {})[eps] = _summarise(runs)
+                row = _summarise(runs)
+                row["used"] = used[name]
                 if name == "real_plus_synthetic":
-                    out[name][eps]["mix"] = mix
-                _log_row(dataset, protocol, name, eps, out[name][eps])
+                    row["mix"] = mix
+                out.setdefault(name, {})[eps] = row
+                _log_row(spec, name, eps, row)
+        out["synthetic_effect"] = synthetic_effect(out)
+        save(out)
+    out["synthetic_effect"] = synthetic_effect(out)
     save(out)
     return out
 
 
-def _log_row(dataset: str, protocol: str, model: str, eps: str, row: dict[str, Any]) -> None:
+def _log_row(spec: BlockSpec, model: str, eps: str, row: dict[str, Any]) -> None:
     a = row.get("all", {})
     logger.info(
-        "%s %s %s eps=%s: HR@10 %.4f NDCG@10 %.4f MRR %.4f cov %.3f (sampled HR@10 %.4f)",
-        dataset,
-        protocol,
+        "%s %s eps=%s: HR@10 %.4f NDCG@10 %.4f MRR %.4f cov %.3f (sampled HR@10 %.4f)",
+        spec.name,
         model,
         eps,
         a.get("hr@10", {}).get("mean", math.nan),
@@ -518,17 +864,51 @@ def _log_row(dataset: str, protocol: str, model: str, eps: str, row: dict[str, A
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Tables.
+
+
+def format_header(results: dict[str, Any]) -> str:
+    """The settings every row of the table depends on, in words."""
+    s = results.get("settings", {})
+    lines = [
+        f"seeds {s.get('seeds')} (recommender); epsilons {s.get('epsilons')}; "
+        f"jobs {s.get('jobs')}; mix grid weights {s.get('weights')} x amounts {s.get('amounts')} "
+        "chosen on validation NDCG@10 (first seed)",
+        f"generator: size {s.get('gen_size')}, {s.get('gen_epochs')} epochs, "
+        f"{s.get('n_synthetic')} sessions, "
+        + (
+            "one per recommender seed"
+            if s.get("generator_per_seed")
+            else "one per (dataset, protocol, epsilon) shared by the seeds: the seed spread of "
+            "synthetic rows is the recommender's only"
+        ),
+        "epochs: "
+        + "; ".join(
+            f"{d} {TRAIN_SETTINGS[d].get('epochs', 5)} (DP {DP_EPOCHS.get(d)})"
+            for d in s.get("datasets", DATASETS)
+        )
+        + (f"; all overridden to {s['epochs']}" if s.get("epochs") else ""),
+    ]
+    for dataset, n in s.get("subsample", []) or []:
+        lines.append(
+            f"{dataset}: full data for the non-private rows; DP and synthetic rows on "
+            f"{dataset}_sub{n} ({n} customers drawn uniformly, seed 0)"
+        )
+    return "\n".join("# " + line for line in lines)
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The results as a plain-text table (mean +- std over seeds)."""
     lines = [
-        f"{'dataset':14} {'protocol':15} {'model':20} {'eps':5} {'slice':10} "
-        f"{'HR@10':>15} {'NDCG@10':>15} {'MRR':>15} {'cov':>6} {'sampledHR':>9}"
+        f"{'dataset':22} {'protocol':15} {'model':20} {'eps':5} {'slice':10} "
+        f"{'HR@10':>15} {'NDCG@10':>15} {'MRR':>15} {'cov':>6} {'sampledHR':>9} {'seeds':>5}"
     ]
     for dataset, protocols in results.get("datasets", {}).items():
         for protocol, block in protocols.items():
             for model in MODELS:
                 for eps, row in block.get(model, {}).items():
-                    for slice_name in ("all", "cold_users", "cold_items"):
+                    for slice_name in SLICES:
                         m = row.get(slice_name, {})
                         if "hr@10" not in m:
                             continue
@@ -539,15 +919,293 @@ def format_table(results: dict[str, Any]) -> str:
 
                         sampled = row["sampled"]["hr@10"]["mean"] if slice_name == "all" else None
                         lines.append(
-                            f"{dataset:14} {protocol:15} {model:20} {eps:5} {slice_name:10} "
+                            f"{dataset:22} {protocol:15} {model:20} {eps:5} {slice_name:10} "
                             f"{cell('hr@10'):>15} {cell('ndcg@10'):>15} {cell('mrr'):>15} "
                             f"{m['coverage']['mean']:6.3f} "
-                            f"{'' if sampled is None else f'{sampled:.4f}':>9}"
+                            f"{'' if sampled is None else f'{sampled:.4f}':>9} "
+                            f"{row.get('n_seeds', 1):>5}"
                         )
     return "\n".join(lines)
 
 
+def format_effect_table(results: dict[str, Any]) -> str:
+    """synthetic_effect of every block: mean +- std of the paired differences and the verdict."""
+    lines = [
+        f"{'dataset':22} {'protocol':15} {'eps':5} {'slice':10} "
+        f"{'dHR@10':>17} {'verdict':20} {'dNDCG@10':>17} {'verdict':20}"
+    ]
+    for dataset, protocols in results.get("datasets", {}).items():
+        for protocol, block in protocols.items():
+            for eps, slices in block.get("synthetic_effect", {}).items():
+                for slice_name, metrics in slices.items():
+                    cells = []
+                    for metric in EFFECT_METRICS:
+                        e = metrics[metric]
+                        cells.append(f"{e['mean']:+.4f}+-{e['std']:.4f}".rjust(17))
+                        cells.append(f"{e['verdict']:20}")
+                    lines.append(
+                        f"{dataset:22} {protocol:15} {eps:5} {slice_name:10} " + " ".join(cells)
+                    )
+    return "\n".join(lines)
+
+
+def format_step_time(results: dict[str, Any]) -> str:
+    lines = [f"{'dataset':22} {'non-DP ms':>10} {'DP ms':>10} {'ratio':>6} {'ratio CPU':>9}"]
+    for dataset, t in results.get("step_time", {}).items():
+
+        def num(v: float | None, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        lines.append(
+            f"{dataset:22} {num(t['non_dp_step_ms'], '10.1f'):>10} "
+            f"{num(t['dp_step_ms'], '10.1f'):>10} {num(t['dp_ratio_step'], '6.2f'):>6} "
+            f"{num(t['dp_ratio_step_cpu'], '9.2f'):>9}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The table: blocks, workers, merging.
+
+
+def plan_blocks(args: argparse.Namespace) -> tuple[list[BlockSpec], dict[str, str]]:
+    """The blocks of the table, longest first, and the (dataset/protocol) ones skipped."""
+    subsample = dict(args.subsample or [])
+    blocks, skipped = [], {}
+    for dataset in args.datasets:
+        for protocol in args.protocols:
+            if protocol == "temporal" and dataset in NO_REAL_TIME:
+                skipped[f"{dataset}/{protocol}"] = "no real timestamps in the data"
+                continue
+            models, epsilons = tuple(args.models), tuple(args.epsilons)
+            if dataset in subsample:
+                full_models = tuple(m for m in models if m in NON_PRIVATE_MODELS)
+                if full_models and "none" in epsilons:
+                    blocks.append(BlockSpec(dataset, protocol, full_models, ("none",)))
+                blocks.append(BlockSpec(dataset, protocol, models, epsilons, subsample[dataset]))
+            else:
+                blocks.append(BlockSpec(dataset, protocol, models, epsilons))
+    blocks.sort(key=lambda b: estimate_seconds(args, b), reverse=True)
+    return blocks, skipped
+
+
+def estimate_seconds(args: argparse.Namespace, spec: BlockSpec) -> float:
+    """Rough one-thread seconds of a block, from EPOCH_SECONDS (ordering and the printout)."""
+    plain, dp = EPOCH_SECONDS.get(spec.dataset, (10.0, 30.0))
+    scale = 1.0
+    if spec.subsample is not None:
+        # Fewer customers and a smaller catalogue: the softmax and the steps both shrink.
+        scale = min(1.0, spec.subsample / 22363) * 0.6 if spec.dataset == "amazon_beauty" else 0.5
+    if spec.protocol == "temporal":
+        scale *= 0.9
+    seeds = len(args.seeds)
+    n_grid = len(args.weights) * len(args.amounts)
+    mix = 1.0 + min(args.amounts)
+    total = 60.0  # ingest, fuse, baselines
+    for eps in spec.epsilons:
+        e_plain = (args.epochs or TRAIN_SETTINGS[spec.dataset].get("epochs", 5)) * plain
+        e_dp = (args.epochs or DP_EPOCHS.get(spec.dataset, 3)) * dp
+        train = e_plain if eps == "none" else e_dp
+        if "real_only" in spec.models:
+            total += seeds * train
+        if {"synthetic_only", "real_plus_synthetic"} & set(spec.models) and (
+            spec.dataset not in args.no_synthetic
+        ):
+            n_gen = seeds if args.generator_per_seed else 1
+            total += n_gen * GENERATOR_SECONDS.get(spec.dataset, 60.0) * args.gen_epochs / 2
+            if "synthetic_only" in spec.models:
+                total += seeds * e_plain * 0.6
+            if "real_plus_synthetic" in spec.models:
+                total += (n_grid + seeds - 1) * train * mix
+    return total * scale
+
+
+def _worker(args: argparse.Namespace, spec: BlockSpec, messages: Any) -> None:
+    """Run one block in a worker process, sending each partial block to the parent."""
+    global _BLOCK
+    _BLOCK = spec.name
+    _configure_logging()
+    torch.set_num_threads(args.threads)
+    try:
+        run_protocol(
+            args,
+            spec.dataset,
+            spec.protocol,
+            lambda block: messages.put(
+                ("partial", spec, json.loads(json.dumps(block, default=float)))
+            ),
+            spec=spec,
+        )
+        messages.put(("done", spec, None))
+    except InputError as exc:
+        messages.put(("skipped", spec, str(exc)))
+    except Exception:  # noqa: BLE001 - the parent records the failure and runs the other blocks
+        messages.put(("failed", spec, traceback.format_exc()))
+
+
+class _Results:
+    """The results file, rewritten atomically whenever a block reports progress."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, skipped: dict[str, str]) -> None:
+        self.args, self.out = args, out
+        self.started = time.perf_counter()
+        self.previous = json.loads(out.read_text()) if args.merge and out.is_file() else None
+        self.results: dict[str, Any] = {"datasets": {}, "skipped": dict(skipped), "blocks": {}}
+
+    def block(self, spec: BlockSpec, status: str, block: dict[str, Any] | None = None) -> None:
+        entry = self.results["blocks"].setdefault(spec.name, {})
+        entry["status"] = status
+        entry["estimate_seconds"] = round(estimate_seconds(self.args, spec))
+        entry.setdefault("started_at", time.perf_counter() - self.started)
+        if status != "running":
+            entry["finished_at"] = time.perf_counter() - self.started
+        if block is not None:
+            self.results["datasets"].setdefault(spec.key, {})[spec.protocol] = block
+
+    def save(self, complete: bool = False) -> None:
+        r = self.results
+        r["wall_seconds"] = time.perf_counter() - self.started
+        r["complete"] = complete
+        r["settings"] = {
+            k: v for k, v in vars(self.args).items() if k not in ("cache", "out", "merge")
+        }
+        r["train_settings"] = TRAIN_SETTINGS
+        r["dp_epochs"] = DP_EPOCHS
+        r["protocol_notes"] = PROTOCOL_NOTES
+        r["customer_features"] = customer_features_supported()
+        r["step_time"] = step_time(r)
+        written = r
+        if self.previous is not None:
+            # Runs of different datasets/protocols add up in one file.
+            written = json.loads(json.dumps(self.previous))
+            for dataset, protocols in r["datasets"].items():
+                written.setdefault("datasets", {}).setdefault(dataset, {}).update(protocols)
+            written.setdefault("skipped", {}).update(r["skipped"])
+            written.setdefault("runs", []).append(
+                {"settings": r["settings"], "wall_seconds": r["wall_seconds"]}
+            )
+            written["step_time"] = step_time(written)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(written, indent=1, default=float))
+        tmp.replace(self.out)
+        self.written = written
+
+
+def run_table(args: argparse.Namespace) -> dict[str, Any]:
+    """Every block of the table, ``args.jobs`` at a time; returns what was written."""
+    global _BLOCK
+    blocks, skipped = plan_blocks(args)
+    results = _Results(args, Path(args.out), skipped)
+    estimate = sum(estimate_seconds(args, b) for b in blocks)
+    logger.info(
+        "%d blocks, longest first: %s; estimate %.0f min of one core (%.0f min on %d jobs)",
+        len(blocks),
+        ", ".join(f"{b.name} ~{estimate_seconds(args, b) / 60:.0f} min" for b in blocks),
+        estimate / 60,
+        _makespan([estimate_seconds(args, b) for b in blocks], args.jobs) / 60,
+        args.jobs,
+    )
+    results.save()
+    if args.jobs <= 1:
+        for spec in blocks:
+            _BLOCK = spec.name
+            results.block(spec, "running")
+            try:
+                block = run_protocol(
+                    args,
+                    spec.dataset,
+                    spec.protocol,
+                    lambda b, spec=spec: (results.block(spec, "running", b), results.save()),
+                    spec=spec,
+                )
+                results.block(spec, "done", block)
+            except InputError as exc:
+                # A dataset that is not on this machine is skipped, with the reason.
+                results.results["skipped"][spec.name] = str(exc)
+                results.block(spec, "skipped")
+                logger.warning("skipping %s: %s", spec.name, exc)
+            results.save()
+        _BLOCK = "-"
+    else:
+        _run_parallel(args, blocks, results)
+    results.save(complete=True)
+    return results.written
+
+
+def _makespan(costs: list[float], jobs: int) -> float:
+    """Greedy longest-first finish time of ``costs`` on ``jobs`` workers."""
+    workers = [0.0] * max(1, jobs)
+    for c in sorted(costs, reverse=True):
+        workers[workers.index(min(workers))] += c
+    return max(workers) if costs else 0.0
+
+
+def _run_parallel(args: argparse.Namespace, blocks: list[BlockSpec], results: _Results) -> None:
+    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
+    messages = ctx.Queue()
+    pending = list(blocks)
+    running: dict[str, Any] = {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            spec = pending.pop(0)
+            proc = ctx.Process(target=_worker, args=(args, spec, messages), name=spec.name)
+            proc.start()
+            running[spec.name] = (spec, proc)
+            results.block(spec, "running")
+            logger.info("started %s (pid %d)", spec.name, proc.pid)
+        try:
+            kind, spec, payload = messages.get(timeout=2.0)
+        except queue.Empty:
+            for name, (spec, proc) in list(running.items()):
+                if not proc.is_alive():
+                    # Died without a last message (killed, out of memory): keep what it saved.
+                    proc.join()
+                    results.block(spec, "failed")
+                    results.results["blocks"][name]["error"] = f"exit code {proc.exitcode}"
+                    logger.error("%s died with exit code %s", name, proc.exitcode)
+                    del running[name]
+                    results.save()
+            continue
+        if kind == "partial":
+            results.block(spec, "running", payload)
+        elif kind == "done":
+            results.block(spec, "done")
+            logger.info("finished %s", spec.name)
+        elif kind == "skipped":
+            results.results["skipped"][spec.name] = payload
+            results.block(spec, "skipped")
+            logger.warning("skipping %s: %s", spec.name, payload)
+        else:
+            results.block(spec, "failed")
+            results.results["blocks"][spec.name]["error"] = payload
+            logger.error("%s failed:\n%s", spec.name, payload)
+        if kind != "partial":
+            _, proc = running.pop(spec.name)
+            proc.join()
+        results.save()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _dataset_int(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    if name not in DATASETS or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected DATASET=N with DATASET in {DATASETS}, N >= 1")
+    return name, int(value)
+
+
+def _dataset_path(text: str) -> tuple[str, str]:
+    name, _, value = text.partition("=")
+    if name not in DATASETS or not value:
+        raise argparse.ArgumentTypeError(f"expected DATASET=PATH with DATASET in {DATASETS}")
+    return name, value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's options; every default is saved in the results' ``settings``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     p.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
@@ -566,83 +1224,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--amounts",
         nargs="+",
         type=float,
-        default=[0.5, 1.0],
+        default=[0.5],
         help="synthetic sequences per real one tried on the validation split",
     )
-    p.add_argument("--n-synthetic", type=int, default=3000)
-    p.add_argument("--gen-size", choices=("tiny", "small", "base"), default="small")
-    p.add_argument("--gen-epochs", type=int, default=3)
+    p.add_argument("--n-synthetic", type=int, default=2000)
+    p.add_argument("--gen-size", choices=("tiny", "small", "base"), default="tiny")
+    p.add_argument("--gen-epochs", type=int, default=2)
+    p.add_argument("--gen-batch-size", type=int, default=256, help="generator's expected batch")
     p.add_argument(
         "--generator-per-seed",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="train a generator per recommender seed (else the first seed's for all)",
     )
     p.add_argument(
         "--no-synthetic",
         nargs="*",
         choices=DATASETS,
-        default=["amazon_beauty"],
-        help="datasets run without synthetic models (default: Beauty, for time)",
+        default=[],
+        help="datasets run without synthetic models",
     )
+    p.add_argument(
+        "--subsample",
+        nargs="*",
+        type=_dataset_int,
+        default=[("amazon_beauty", 3000)],
+        metavar="DATASET=N",
+        help="run the dataset's DP and synthetic rows on N customers (its full data keeps the "
+        "non-private rows); default amazon_beauty=3000",
+    )
+    p.add_argument(
+        "--source",
+        nargs="*",
+        type=_dataset_path,
+        default=[],
+        metavar="DATASET=PATH",
+        help="read a dataset from PATH instead of its default source",
+    )
+    p.add_argument("--jobs", type=int, default=2, help="blocks run at once, in worker processes")
     p.add_argument("--cache", default=str(CACHE))
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--merge", action="store_true", help="merge into an existing --out file")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _configure_logging()
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    results: dict[str, Any] = {"datasets": {}, "skipped": {}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(out.read_text()) if args.merge and out.is_file() else None
-
-    def save(partial: bool) -> None:
-        results["wall_seconds"] = time.perf_counter() - started
-        results["complete"] = not partial
-        results["settings"] = {
-            k: v for k, v in vars(args).items() if k not in ("cache", "out", "threads")
-        }
-        results["train_settings"] = TRAIN_SETTINGS
-        results["protocol_notes"] = PROTOCOL_NOTES
-        written = results
-        if previous is not None:
-            # Runs of different datasets/protocols (e.g. in parallel) add up in one file.
-            written = json.loads(json.dumps(previous))
-            for dataset, protocols in results["datasets"].items():
-                written.setdefault("datasets", {}).setdefault(dataset, {}).update(protocols)
-            written.setdefault("skipped", {}).update(results["skipped"])
-            written.setdefault("runs", []).append(
-                {"settings": results["settings"], "wall_seconds": results["wall_seconds"]}
-            )
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(written, indent=1, default=float))
-        tmp.replace(out)
-
-    for dataset in args.datasets:
-        for protocol in args.protocols:
-            if protocol == "temporal" and dataset in NO_REAL_TIME:
-                results["skipped"][f"{dataset}/{protocol}"] = "no real timestamps in the data"
-                continue
-
-            def save_block(block: dict[str, Any], dataset: str = dataset, protocol: str = protocol):
-                results["datasets"].setdefault(dataset, {})[protocol] = block
-                save(partial=True)
-
-            try:
-                run_protocol(args, dataset, protocol, save_block)
-            except InputError as exc:
-                # A dataset that is not on this machine is skipped, with the reason.
-                results["skipped"][f"{dataset}/{protocol}"] = str(exc)
-                logger.warning("skipping %s/%s: %s", dataset, protocol, exc)
-    save(partial=False)
-    print(format_table(results))
-    print(f"wall time {results['wall_seconds']:.0f} s; results in {out}")
+    logger.info("settings: %s", {k: v for k, v in vars(args).items()})
+    written = run_table(args)
+    print(format_header(written))
+    print(format_table(written))
+    print()
+    print("# synthetic_effect: real_plus_synthetic minus real_only, paired by seed")
+    print(format_effect_table(written))
+    print()
+    print("# training step time (mean over rows)")
+    print(format_step_time(written))
+    print(f"wall time {written['wall_seconds']:.0f} s; results in {args.out}")
     return 0
 
 
