@@ -13,6 +13,12 @@ another). So the row's stamp is also a feature, ``updated_at`` (a UnixTimestamp,
 epoch, timezone-independent), and a row whose ``updated_at`` is older than the view's ``ttl`` is
 treated as missing: the recommender then takes its anonymous path.
 
+Push: a purchase reads the row, extends it and writes it back. With the Redis online store, which
+several serving pods share, that read-modify-write holds a short per-customer Redis lock (SET NX
+PX with a token, released only by its holder; redis-py's ``Lock``), so two pods pushing for one
+customer at once both land. The sqlite store is a file of one pod: its pushes are serialised
+within the process only, and it is not meant to be written by two processes.
+
 feast is imported only when :class:`CustomerHistory` is built (in the model's ``load``): its
 import takes ~8 s and pulls torch in when torch is installed, so importing ``serving`` stays
 cheap and torch-free until a recommender actually loads a feature store.
@@ -23,6 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +61,13 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 # Expired rows are reported in one warning at most this often, not once per request.
 EXPIRED_WARNING_S = 600.0
 ALLOWED_CUSTOMER_ID = "a non-empty string customer id, e.g. '17850'"
+# The Redis push lock: one key per project and customer. It expires after PUSH_LOCK_TTL_S, so a
+# pod that dies holding it blocks that customer's pushes for seconds, not for ever; a push takes
+# milliseconds, far below it. A push waits at most PUSH_LOCK_WAIT_S for another pod's push.
+PUSH_LOCK_PREFIX = "recsynth:push-lock"
+PUSH_LOCK_TTL_S = 10.0
+PUSH_LOCK_WAIT_S = 5.0
+PUSH_LOCK_POLL_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -149,8 +164,13 @@ class CustomerHistory:
         self._read_lock: threading.Lock | None = (
             threading.Lock() if self.store_type == "sqlite" else None
         )
-        # A push reads the row, extends it and writes it back: one at a time in this process.
+        # A push reads the row, extends it and writes it back: one at a time in this process,
+        # and, on Redis, one at a time per customer across every process sharing the store.
         self._push_lock = threading.Lock()
+        self._redis: Any = None
+        if self.store_type == "redis":
+            self._redis = _redis_client(self._online, self._config)
+        self.project: str = str(self._config.project)
         self._warn_lock = threading.Lock()
         self._warned_at: float | None = None
         self._expired_since_warning = 0
@@ -319,6 +339,10 @@ class CustomerHistory:
         the stored one, so two pushes in one second stamp the second one a second ahead);
         ``last_purchase_at`` becomes the later of the old value and ``ts``.
 
+        Concurrent pushes for one customer are applied one after the other: within this process
+        always, and across processes on the Redis store (a per-customer Redis lock around the
+        read and the write); the sqlite store takes pushes from one process only.
+
         Pushed with ``PushMode.ONLINE``: the offline source is the registration's snapshot, and
         the shop's purchase log, from which the next registration rebuilds every row, stays the
         offline truth.
@@ -337,7 +361,8 @@ class CustomerHistory:
         Raises:
             BadRequest: a field is malformed (names ``customer_id``, ``items[i]``, ``ts`` or
                 ``country``, and what is allowed).
-            NotReady: the online store could not be read or written.
+            NotReady: the online store could not be read or written, or another process's push
+                for this customer held the Redis lock for more than PUSH_LOCK_WAIT_S.
         """
         import pandas as pd
         from feast.data_source import PushMode
@@ -356,7 +381,7 @@ class CustomerHistory:
         if country is not None and (not isinstance(country, str) or not country):
             raise BadRequest("must be a non-empty string", field="country", value=country)
 
-        with self._push_lock:
+        with self._push_lock, self._customer_lock(customer_id):
             old = self._read([customer_id])[0]
             restarted = (
                 old is None
@@ -406,6 +431,56 @@ class CustomerHistory:
             "last_purchase_at": last_purchase.isoformat(),
             "mode": "online",
         }
+
+    @contextmanager
+    def _customer_lock(self, customer_id: str) -> Iterator[None]:
+        """Hold the Redis push lock of ``customer_id`` (nothing on the sqlite store)."""
+        if self._redis is None:
+            yield
+            return
+        import redis
+
+        lock = self._redis.lock(
+            push_lock_key(self.project, customer_id),
+            timeout=PUSH_LOCK_TTL_S,
+            sleep=PUSH_LOCK_POLL_S,
+            blocking_timeout=PUSH_LOCK_WAIT_S,
+            # Released by the thread that took it, but the token need not be thread-local.
+            thread_local=False,
+        )
+        try:
+            acquired = lock.acquire()
+        except redis.RedisError as exc:
+            raise NotReady(
+                f"the online feature store could not be locked for a push: {exc}"
+            ) from exc
+        if not acquired:
+            raise NotReady(
+                f"another push for this customer held the online store's lock for more than "
+                f"{PUSH_LOCK_WAIT_S:g} s; retry",
+                field="customer_id",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockNotOwnedError:
+                # The write is done; it outlived the lock, so another push may have overlapped.
+                logger.warning(
+                    "a push held the Redis push lock past its %g s expiry; a concurrent push "
+                    "for the same customer may have been overwritten",
+                    PUSH_LOCK_TTL_S,
+                )
+            except redis.RedisError as exc:
+                # The key expires by itself; the push itself succeeded.
+                logger.warning("the Redis push lock could not be released: %s", exc)
+
+
+def push_lock_key(project: str, customer_id: str) -> str:
+    """The Redis key that serialises pushes for one customer of one Feast project."""
+    return f"{PUSH_LOCK_PREFIX}:{project}:{customer_id}"
 
 
 def extend_history(
@@ -553,3 +628,22 @@ def _seconds(value: datetime) -> datetime:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _redis_client(online: Any, config: Any) -> Any:
+    """The redis-py client Feast's Redis online store writes with, for the push lock.
+
+    Feast builds it from ``connection_string`` (host, port, password, ssl, db) and ``redis_type``
+    (single node, cluster or sentinel master); asking the store for it keeps the lock on exactly
+    the server the rows are written to.
+
+    Raises:
+        ModelLoadError: this Feast's Redis online store does not expose its client.
+    """
+    get_client = getattr(online, "_get_client", None)
+    if get_client is None:
+        raise ModelLoadError(
+            f"Feast's {type(online).__name__} has no _get_client: the Redis push lock needs the "
+            "store's client (feast 0.67's RedisOnlineStore has it)"
+        )
+    return get_client(config.online_store)

@@ -8,6 +8,9 @@ customers no other test reads. The Redis tests start their own redis-server on 1
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serving.errors import BadRequest, ModelLoadError
+from serving.errors import BadRequest, ModelLoadError, NotReady
 from serving.features import HISTORY_LENGTH, CustomerHistory, extend_history, lookup_latency
 from serving.procs import LocalRedis, running_redis
 
@@ -417,3 +420,96 @@ def test_redis_store_reads_pushes_and_expires_through_the_same_path(
 
     latency = lookup_latency(out, ["14688", "00000"], 20)
     assert (latency["store"], latency["served"]) == ("redis", 10)
+
+
+# Run in each pushing process: open the store, say so, wait for the start signal, then push one
+# item per purchase for the same customer as fast as it can.
+PUSHER = """
+import sys, time
+from pathlib import Path
+from serving.features import CustomerHistory
+repo, customer, prefix, n, go = sys.argv[1:]
+history = CustomerHistory(Path(repo))
+Path(f"{go}.{prefix}").touch()
+while not Path(go).exists():
+    time.sleep(0.002)
+for i in range(int(n)):
+    history.push_purchase(customer, [f"{prefix}{i:02d}"])
+"""
+
+
+@pytest.fixture(scope="module")
+def redis_repo(redis_server, inputs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A feature_store/ on the module's Redis, registered into an emptied server."""
+    # The module's other Redis test pushed newer rows for registered customers, which Redis would
+    # keep over a new registration's.
+    redis_server.client().flushdb()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RECSYNTH_REDIS_CONNECTION_STRING", redis_server.url)
+        out, _ = build(tmp_path_factory.mktemp("redis-store"), inputs, online_store="redis")
+        yield out
+
+
+@pytest.mark.integration
+def test_two_processes_pushing_for_one_customer_lose_no_purchase(redis_repo, tmp_path):
+    out = redis_repo
+    go = tmp_path / "go"
+    n = 12
+    pushers = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUSHER, str(out), "30001", prefix, str(n), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for prefix in ("A", "B")
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"go.{p}").exists() for p in "AB"):
+            exited = [p for p in pushers if p.poll() is not None]
+            if exited:
+                pytest.fail(f"a pusher exited: {exited[0].stdout.read()[-2000:]!r}")
+            if time.monotonic() > deadline:
+                pytest.fail("the pushers did not open the store within 120 s")
+            time.sleep(0.05)
+        go.touch()
+        outputs = [p.communicate(timeout=120)[0] for p in pushers]
+    finally:
+        for p in pushers:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    assert [p.returncode for p in pushers] == [0, 0], outputs
+    row = CustomerHistory(out).histories(["30001"])[0]
+    pushed = {prefix: [f"{prefix}{i:02d}" for i in range(n)] for prefix in "AB"}
+    assert sorted(row.recent_items) == sorted(pushed["A"] + pushed["B"])
+    assert row.n_items == 2 * n
+    # each process's purchases keep their order within the interleaving
+    for prefix, items in pushed.items():
+        assert [c for c in row.recent_items if c.startswith(prefix)] == items
+
+
+@pytest.mark.integration
+def test_a_push_waits_for_another_holder_of_the_lock_then_gives_up(
+    redis_repo, redis_server, monkeypatch
+):
+    import serving.features as features
+
+    history = CustomerHistory(redis_repo)
+    before = history.histories(["17850"])[0]
+    key = features.push_lock_key(history.project, "17850")
+    assert key == "recsynth:push-lock:recsynth:17850"
+    # Another pod's push holds this customer's lock (as redis-py's Lock sets it: a token, NX PX).
+    assert redis_server.client().set(key, "another-pod", nx=True, px=60_000)
+    monkeypatch.setattr(features, "PUSH_LOCK_WAIT_S", 0.3)
+    with pytest.raises(NotReady, match="another push for this customer") as info:
+        history.push_purchase("17850", ["99801"])
+    assert info.value.status == 503
+    assert info.value.headers == {"Retry-After": "1"}
+    assert history.histories(["17850"])[0] == before
+    # another customer's pushes do not wait for it; once it is released, this one's go through
+    assert history.push_purchase("13047", ["99802"])["added"] == 1
+    redis_server.client().delete(key)
+    assert history.push_purchase("17850", ["99801"])["added"] == 1
+    assert history.recent_items(["17850"])[0][-1] == "99801"
+    assert redis_server.client().exists(key) == 0
