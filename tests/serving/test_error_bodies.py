@@ -10,6 +10,11 @@ from serving.server import V1_BODY_EXAMPLE, V2_BODY_EXAMPLE
 pytestmark = pytest.mark.integration
 
 JSON = {"content-type": "application/json"}
+GOOD_V2 = {
+    "recommender": b'{"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], '
+    b'"data": ["17850"]}]}',
+    "generator": b'{"inputs": [{"name": "n", "datatype": "INT32", "shape": [1], "data": [2]}]}',
+}
 
 
 def post(base: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -17,21 +22,10 @@ def post(base: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Re
 
 
 def answers(servers) -> None:
-    """Both servers still answer a good V2 request in full."""
-    rec = post(
-        servers.recommender.base,
-        "/v2/models/recommender/infer",
-        b'{"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["17850"]}]}',
-        JSON,
-    )
-    assert rec.status_code == 200, rec.text
-    gen = post(
-        servers.generator.base,
-        "/v2/models/generator/infer",
-        b'{"inputs": [{"name": "n", "datatype": "INT32", "shape": [1], "data": [2]}]}',
-        JSON,
-    )
-    assert gen.status_code == 200, gen.text
+    """Both servers still answer a good V2 request."""
+    for model, body in GOOD_V2.items():
+        r = post(getattr(servers, model).base, f"/v2/models/{model}/infer", body, JSON)
+        assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("model", ["recommender", "generator"])
