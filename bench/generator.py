@@ -5,7 +5,14 @@
 1. ingests the bundled Online Retail sample with the demo's ingest settings;
 2. trains the demo generator (configs/demo.yaml's generate section) at each target epsilon and
    once without DP, and reads each run's quality report (synthetic/quality.json: fidelity,
-   utility, privacy against the customers held out of training);
+   utility, privacy against the customers held out of training). The DP rows use the config's
+   batch; the no-DP row trains the same epochs with batches of ``NO_DP_BATCH`` (many more
+   steps: plain SGD needs no large batch to drown noise). Each row records its steps, batch,
+   epochs and learning rate (also under ``training_budget``);
+   then, per row, draws condition tokens at each of ``CONDITION_TEMPERATURES`` and scores their
+   JSD (country, month, band) against a validation half of the held-out customers; the pick
+   over the DP rows is ``condition_temperature`` (the test half's figures sit beside it,
+   unused for the choice);
 3. times DP-SGD steps (Opacus, the configured clipping) against non-private steps of the same
    model on the same fixed batch of real records, each mode in its own fresh process so that its
    peak resident memory is its own;
