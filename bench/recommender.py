@@ -84,6 +84,8 @@ RESULTS = Path("bench/results/recommender.json")
 CACHE = Path(".recsynth/bench-recommender")
 K = 10
 COLD_USER_MAX = 3
+# A block with fewer test cases is skipped (with the reason): its metrics would be noise.
+MIN_TEST_CASES = 50
 TEMPORAL_QUANTILE = 0.8
 # Datasets whose timestamps are synthetic (the loader invents them): no temporal protocol.
 NO_REAL_TIME = {"amazon_beauty"}
@@ -111,12 +113,23 @@ TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
         "tie_output": True,
     },
     "online_retail": {"epochs": 5, "max_history": 20},
-    "diginetica": {"epochs": 5, "max_history": 20},
+    # Sessions of 4.7 views on average over 6,743 items: 8 steps an epoch at batch 256 left the
+    # model near popularity after 5 epochs, and an epoch costs ~1 s, so it trains longer.
+    "diginetica": {"epochs": 30, "max_history": 20, "batch_size": 128},
 }
-# Epochs of the DP trainings (real_only and real_plus_synthetic at an epsilon). A DP step costs
-# ~2.7x a plain one here (Online Retail, 1 thread: 16.5 s against 6.2 s per epoch), and at a
-# fixed epsilon fewer epochs mean less noise per step, so the DP rows train fewer epochs.
-DP_EPOCHS: dict[str, int] = {"amazon_beauty": 3, "online_retail": 3, "diginetica": 3}
+# What the DP trainings (real_only and real_plus_synthetic at an epsilon) change. A DP step costs
+# ~2.7x a plain one here (Online Retail, 1 thread: 16.5 s against 6.2 s per epoch; Diginetica
+# 0.9 CPU s a step against 0.1), and at a fixed epsilon fewer epochs mean less noise per step,
+# so the DP rows train fewer epochs, in Diginetica's case with its larger batch.
+DP_SETTINGS: dict[str, dict[str, Any]] = {
+    "amazon_beauty": {"epochs": 3},
+    "online_retail": {"epochs": 3},
+    "diginetica": {"epochs": 3, "batch_size": 256},
+}
+# What a subsample block (``<dataset>_sub<N>``) changes for every training in it. Beauty's
+# sessions average 8.9 items, so a window of 20 holds nearly all of them, and ghost clipping's
+# cost of the output layer grows with the window squared (B x T^2 x catalogue).
+SUBSAMPLE_SETTINGS: dict[str, dict[str, Any]] = {"amazon_beauty": {"max_history": 20}}
 INGEST_SETTINGS: dict[str, dict[str, Any]] = {
     "online_retail": {"dataset": "online_retail", "min_items_per_customer": 2, "price_bands": 5},
     "amazon_beauty": {"dataset": "amazon_beauty", "min_items_per_customer": 1, "price_bands": 1},
@@ -293,6 +306,7 @@ def _synthetic(
 
     tag = (
         f"eps{eps}-seed{seed}-{args.gen_size}-e{args.gen_epochs}-b{args.gen_batch_size}"
+        f"-l{args.gen_max_length}"
         f"-n{args.n_synthetic}"
     )
     out = root / f"synthetic-{tag}"
@@ -304,6 +318,7 @@ def _synthetic(
             "size": args.gen_size,
             "epochs": args.gen_epochs,
             "batch_size": args.gen_batch_size,
+            "max_length": args.gen_max_length,
             "n_synthetic": args.n_synthetic,
             "dp": dp,
             "quality_report": False,
@@ -469,10 +484,18 @@ def customer_features_supported() -> bool:
     return "country_ids" in inspect.signature(ev.model_scores).parameters
 
 
-def _train_cfg(dataset: str, eps: str, epochs: int | None) -> TrainConfig:
+def _dp_epochs(dataset: str) -> int:
+    return DP_SETTINGS.get(dataset, {}).get("epochs", TRAIN_SETTINGS[dataset].get("epochs", 5))
+
+
+def _train_cfg(
+    dataset: str, eps: str, epochs: int | None, subsample: int | None = None
+) -> TrainConfig:
     settings = dict(TRAIN_SETTINGS[dataset])
+    if subsample is not None:
+        settings.update(SUBSAMPLE_SETTINGS.get(dataset, {}))
     if eps != "none":
-        settings["epochs"] = DP_EPOCHS.get(dataset, settings.get("epochs", 5))
+        settings.update(DP_SETTINGS.get(dataset, {}))
         settings["tie_output"] = False  # ghost clipping cannot clip a layer used twice
     if epochs is not None:
         settings["epochs"] = epochs
@@ -685,6 +708,8 @@ def _used(
     return {
         "seeds": list(seeds),
         "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "max_history": cfg.max_history,
         "dp": cfg.dp.enabled,
         "tie_output": cfg.tie_output,
         "n_train_sequences": n_sequences,
@@ -738,6 +763,14 @@ def run_protocol(
     cases = _test_cases(ts_real, cleaned, protocol, cutoff)
     negatives = ev.sample_negatives(cases["seen"], cases["n_items"], 99, seed=0)
     n_real = len(ts_real.real)
+    if len(cases["target"]) < MIN_TEST_CASES:
+        raise InputError(
+            f"only {len(cases['target'])} test cases under protocol {protocol} (at least "
+            f"{MIN_TEST_CASES} needed): too few customers have purchases before and after the "
+            "cutoff"
+            if protocol == "temporal"
+            else f"only {len(cases['target'])} test cases (at least {MIN_TEST_CASES} needed)"
+        )
     out["n_test"] = len(cases["target"])
     out["n_real_sequences"] = n_real
     out["n_items"] = cases["n_items"]
@@ -762,7 +795,7 @@ def run_protocol(
     save(out)
 
     for eps in spec.epsilons:
-        cfg = _train_cfg(dataset, eps, args.epochs)
+        cfg = _train_cfg(dataset, eps, args.epochs, spec.subsample)
         if "real_only" in models:
             runs = []
             for seed in args.seeds:
@@ -807,7 +840,7 @@ def run_protocol(
                 continue
             if "synthetic_only" in models:
                 # Touches no real record: trained without DP (the generator's epsilon covers it).
-                syn_cfg = _train_cfg(dataset, "none", args.epochs)
+                syn_cfg = _train_cfg(dataset, "none", args.epochs, spec.subsample)
                 scores, timing = _fit_and_score(
                     "synthetic_only", ts, syn, syn_cfg, seed, max(1, len(syn))
                 )
@@ -885,7 +918,7 @@ def format_header(results: dict[str, Any]) -> str:
         ),
         "epochs: "
         + "; ".join(
-            f"{d} {TRAIN_SETTINGS[d].get('epochs', 5)} (DP {DP_EPOCHS.get(d)})"
+            f"{d} {TRAIN_SETTINGS[d].get('epochs', 5)} (DP {_dp_epochs(d)})"
             for d in s.get("datasets", DATASETS)
         )
         + (f"; all overridden to {s['epochs']}" if s.get("epochs") else ""),
@@ -1004,7 +1037,7 @@ def estimate_seconds(args: argparse.Namespace, spec: BlockSpec) -> float:
     total = 60.0  # ingest, fuse, baselines
     for eps in spec.epsilons:
         e_plain = (args.epochs or TRAIN_SETTINGS[spec.dataset].get("epochs", 5)) * plain
-        e_dp = (args.epochs or DP_EPOCHS.get(spec.dataset, 3)) * dp
+        e_dp = (args.epochs or _dp_epochs(spec.dataset)) * dp
         train = e_plain if eps == "none" else e_dp
         if "real_only" in spec.models:
             total += seeds * train
@@ -1070,7 +1103,8 @@ class _Results:
             k: v for k, v in vars(self.args).items() if k not in ("cache", "out", "merge")
         }
         r["train_settings"] = TRAIN_SETTINGS
-        r["dp_epochs"] = DP_EPOCHS
+        r["dp_settings"] = DP_SETTINGS
+        r["subsample_settings"] = SUBSAMPLE_SETTINGS
         r["protocol_notes"] = PROTOCOL_NOTES
         r["customer_features"] = customer_features_supported()
         r["step_time"] = step_time(r)
@@ -1106,6 +1140,7 @@ def run_table(args: argparse.Namespace) -> dict[str, Any]:
         _makespan([estimate_seconds(args, b) for b in blocks], args.jobs) / 60,
         args.jobs,
     )
+    blocks = _prepare(args, blocks, results)
     results.save()
     if args.jobs <= 1:
         for spec in blocks:
@@ -1131,6 +1166,37 @@ def run_table(args: argparse.Namespace) -> dict[str, Any]:
         _run_parallel(args, blocks, results)
     results.save(complete=True)
     return results.written
+
+
+def _prepare(
+    args: argparse.Namespace, blocks: list[BlockSpec], results: _Results
+) -> list[BlockSpec]:
+    """Ingest (and subsample) each dataset once, here: workers sharing a cleaned/ would race.
+
+    Returns the blocks whose data is there; the others are recorded as skipped, with the reason.
+    """
+    cache = Path(args.cache) / code_fingerprint()
+    sources = dict(args.source)
+    missing: dict[str, str] = {}
+    for spec in blocks:
+        if spec.key in missing or spec.dataset in missing:
+            continue
+        try:
+            cleaned = _ingest(spec.dataset, cache, sources.get(spec.dataset, SOURCES[spec.dataset]))
+            if spec.subsample is not None:
+                _subsample_cleaned(cleaned, spec.subsample, cache / spec.key / "cleaned")
+        except InputError as exc:
+            missing[spec.dataset if spec.subsample is None else spec.key] = str(exc)
+            logger.warning("skipping %s: %s", spec.dataset, exc)
+    ready = []
+    for spec in blocks:
+        reason = missing.get(spec.dataset) or missing.get(spec.key)
+        if reason is None:
+            ready.append(spec)
+        else:
+            results.results["skipped"][spec.name] = reason
+            results.block(spec, "skipped")
+    return ready
 
 
 def _makespan(costs: list[float], jobs: int) -> float:
@@ -1232,6 +1298,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gen-epochs", type=int, default=2)
     p.add_argument("--gen-batch-size", type=int, default=256, help="generator's expected batch")
     p.add_argument(
+        "--gen-max-length",
+        type=int,
+        default=32,
+        help="generator tokens per session; the recommenders read the last 21 items (Beauty 51) "
+        "only, and sampling time grows with it",
+    )
+    p.add_argument(
         "--generator-per-seed",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -1288,4 +1361,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module bench.recommender, not as __main__: worker processes then unpickle the
+    # blocks and messages as that module's objects, and log under its name.
+    from bench import recommender
+
+    sys.exit(recommender.main())
