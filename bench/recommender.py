@@ -172,7 +172,9 @@ PROTOCOL_NOTES = {
     f"difference'; 'too few seeds' under {EFFECT_MIN_SEEDS} pairs. At an epsilon, "
     "real_plus_synthetic spends the generator's epsilon too",
     "diginetica": "the privacy unit is the session (customer_id s<session_id>): 62 % of views "
-    "are anonymous, so a known user with several sessions counts as several units",
+    "are anonymous and cannot be linked; in this sample every known user_id has exactly one "
+    "session (1,270 users, 1,268 sessions), so session-level is user-level here. No customer "
+    "returns after the temporal cutoff, so that protocol is skipped for too few test cases",
     "subsample": "<dataset>_sub<N>: N customers drawn uniformly (seed 0) before ingest's "
     "outputs are used; items nobody among them bought are dropped",
 }
@@ -770,13 +772,13 @@ def run_protocol(
     cases = _test_cases(ts_real, cleaned, protocol, cutoff)
     negatives = ev.sample_negatives(cases["seen"], cases["n_items"], 99, seed=0)
     n_real = len(ts_real.real)
-    if len(cases["target"]) < MIN_TEST_CASES:
+    if len(cases["target"]) < args.min_test_cases:
         raise InputError(
             f"only {len(cases['target'])} test cases under protocol {protocol} (at least "
-            f"{MIN_TEST_CASES} needed): too few customers have purchases before and after the "
+            f"{args.min_test_cases} needed): too few customers have purchases before and after the "
             "cutoff"
             if protocol == "temporal"
-            else f"only {len(cases['target'])} test cases (at least {MIN_TEST_CASES} needed)"
+            else f"only {len(cases['target'])} test cases (at least {args.min_test_cases} needed)"
         )
     out["n_test"] = len(cases["target"])
     out["n_real_sequences"] = n_real
@@ -915,7 +917,8 @@ def format_header(results: dict[str, Any]) -> str:
         f"seeds {s.get('seeds')} (recommender); epsilons {s.get('epsilons')}; "
         f"jobs {s.get('jobs')}; mix grid weights {s.get('weights')} x amounts {s.get('amounts')} "
         "chosen on validation NDCG@10 (first seed)",
-        f"generator: size {s.get('gen_size')}, {s.get('gen_epochs')} epochs, "
+        f"generator: size {s.get('gen_size')}, {s.get('gen_epochs')} epochs, batch "
+        f"{s.get('gen_batch_size')}, max length {s.get('gen_max_length')}, "
         f"{s.get('n_synthetic')} sessions, "
         + (
             "one per recommender seed"
@@ -929,11 +932,15 @@ def format_header(results: dict[str, Any]) -> str:
             for d in s.get("datasets", DATASETS)
         )
         + (f"; all overridden to {s['epochs']}" if s.get("epochs") else ""),
+        f"DP rows change {DP_SETTINGS}; subsample blocks change {SUBSAMPLE_SETTINGS}; "
+        "customer features (country, activity) "
+        + ("on" if results.get("customer_features") else "off"),
     ]
     for dataset, n in s.get("subsample", []) or []:
         lines.append(
             f"{dataset}: full data for the non-private rows; DP and synthetic rows on "
-            f"{dataset}_sub{n} ({n} customers drawn uniformly, seed 0)"
+            f"{dataset}_sub{n} ({n} customers drawn uniformly, seed 0), "
+            f"{len(s.get('seeds', []))} seeds each"
         )
     return "\n".join("# " + line for line in lines)
 
@@ -1342,6 +1349,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="DATASET=PATH",
         help="read a dataset from PATH instead of its default source",
+    )
+    p.add_argument(
+        "--min-test-cases",
+        type=int,
+        default=MIN_TEST_CASES,
+        help="a block with fewer test cases is skipped, with the reason",
     )
     p.add_argument("--jobs", type=int, default=2, help="blocks run at once, in worker processes")
     p.add_argument("--cache", default=str(CACHE))

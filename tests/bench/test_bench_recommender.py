@@ -175,6 +175,8 @@ def test_parallel_table_merges_blocks_and_skips_missing_data(
         "none",
         "--jobs",
         "2",
+        "--min-test-cases",
+        "20",
     )
     written = br.run_table(args)
     on_disk = json.loads(Path(args.out).read_text())
