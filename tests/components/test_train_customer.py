@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from components.common.artifacts import write_json
+from components.common.errors import InputError
 from components.common.ids import ItemMap
 from components.common.privacy import PrivacyRecord, compute_epsilon
 from components.common.recommender_model import (
@@ -309,3 +310,13 @@ def test_old_config_without_n_countries_still_loads(tmp_path: Path) -> None:
         given = loaded.score_next(ids, torch.tensor([2]), torch.tensor([50]))
     torch.testing.assert_close(old, given)
     torch.testing.assert_close(old, model.score_next(ids))
+
+
+def test_a_country_id_outside_the_vocabulary_is_an_input_error(tmp_path: Path) -> None:
+    training = _write_training_dir(tmp_path)
+    seqs = pd.read_parquet(training / "train_sequences.parquet")
+    seqs.loc[3, "country_id"] = 3  # countries.json has ids 0..2
+    seqs.to_parquet(training / "train_sequences.parquet", index=False)
+    with pytest.raises(InputError, match=r"country_id=3 is outside 0..2") as info:
+        load_training_set(training)
+    assert info.value.column == "country_id" and info.value.row == 3
