@@ -115,8 +115,8 @@ def test_plan_puts_subsampled_private_rows_in_their_own_block() -> None:
     full = names["amazon_beauty/leave_last_out"]
     assert full.epsilons == ("none",)
     assert full.models == ("popularity", "cooc_knn", "real_only")
-    sub = names["amazon_beauty_sub2000/leave_last_out"]
-    assert sub.subsample == 2000 and sub.epsilons == ("none", "1", "4", "8")
+    sub = names["amazon_beauty_sub1500/leave_last_out"]
+    assert sub.subsample == 1500 and sub.epsilons == ("none", "1", "4", "8")
     costs = [br.estimate_seconds(args, b) for b in blocks]
     assert costs == sorted(costs, reverse=True)
 
