@@ -36,6 +36,7 @@ from components.generate.model import build_model, load_model, load_pretrained
 from components.generate.sample import sample_sessions
 from components.generate.tokenizer import EOS_ID, VOCAB_FILE, ItemVocab, Session
 from components.generate.train import train_generator
+from components.ingest import countries as public_countries
 
 logger = logging.getLogger(__name__)
 
@@ -470,7 +471,12 @@ def run(
     bands = read_price_bands(cleaned_dir) if cfg.condition_price_band else None
     train_part = training_histories(sequences)
     categories = read_categories(cleaned_dir) if cfg.condition_category else None
-    vocab = _vocabulary(cfg, catalogue, train_part["country"], bands, categories)
+    # Country tokens: the public list of cleaned/countries.json plus the unknown country, never
+    # the customers' countries (an older cleaned/ falls back to the observed ones, with a warning).
+    country_names = pd.Series(
+        public_countries.generator_countries(cleaned_dir, train_part["country"])
+    )
+    vocab = _vocabulary(cfg, catalogue, country_names, bands, categories)
     # The customers the audit keeps out of training are the quality report's real reference.
     held_part = _held_out_part(sequences, cfg, seed=seed)
     # Audit: a seeded share of customers stays out of training (membership-inference non-members).

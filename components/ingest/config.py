@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from components.common.strict import StrictModel
+from components.ingest.loaders import UNKNOWN_COUNTRY
 
 
 class IngestConfig(StrictModel):
@@ -27,3 +28,24 @@ class IngestConfig(StrictModel):
     # a small, contiguous slice for fast tests. None keeps everything. Rows outside the window
     # are reported under the rule "outside_max_days".
     max_days: int | None = Field(default=None, ge=1)
+    # The operator's public list of markets: the only countries any model's vocabulary holds
+    # (cleaned/countries.json, source "config"); a customer elsewhere gets the unknown country.
+    # None uses the observed countries (source "data"), which reveals which countries have
+    # customers: ingest warns and the DP audit's country_vocabulary_public check fails.
+    countries: list[str] | None = None
+
+    @field_validator("countries")
+    @classmethod
+    def _public_countries(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        bad = [c for c in value if not c.strip() or c != c.strip() or c == UNKNOWN_COUNTRY]
+        if bad:
+            raise ValueError(
+                f"ingest.countries has {bad[:3]!r}: each entry must be a non-empty name without "
+                f"surrounding spaces and not {UNKNOWN_COUNTRY!r} (the unknown country is implied)"
+            )
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"ingest.countries repeats {repeated[:3]!r}: list each country once")
+        return value

@@ -2,8 +2,9 @@
 
 ``run`` reads the source named by the config's dataset, applies the cleaning rules (Online Retail
 only; the other datasets are clean), the minimum-support filters, and writes events, items,
-customers, sequences and the cleaning report through ``atomic_dir``, so a failure at any point
-leaves no ``out_dir`` behind.
+customers, sequences, the public country list (``countries.json``, see
+:mod:`components.ingest.countries`) and the cleaning report through ``atomic_dir``, so a
+failure at any point leaves no ``out_dir`` behind.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from components.common import artifacts
 from components.common.artifacts import StepTimer, atomic_dir, write_json
 from components.common.errors import InputError
 from components.ingest import cleaning, loaders
+from components.ingest import countries as public_countries
 from components.ingest.config import IngestConfig
 
 logger = logging.getLogger(__name__)
@@ -269,6 +271,13 @@ def run(cfg: IngestConfig, source: str, out_dir: Path) -> dict[str, Any]:
     events = _typed_events(staged)
     items = build_items(staged, cfg.price_bands)
     customers = build_customers(staged)
+    # The public country vocabulary: customers outside it become the unknown country in
+    # customers and sequences (what every later step reads). events.parquet keeps the country as
+    # logged, so the dataset's content hash (the privacy ledger's key) does not depend on the list.
+    vocab = public_countries.public_list(cfg.countries, customers["country"])
+    mapped = public_countries.to_public(customers["country"], vocab["countries"])
+    n_outside = int((mapped != customers["country"]).sum())
+    customers["country"] = mapped
     sequences = build_sequences(staged, customers)
 
     report = {
@@ -282,6 +291,8 @@ def run(cfg: IngestConfig, source: str, out_dir: Path) -> dict[str, Any]:
         "n_customers": len(customers),
         "n_items": len(items),
         "n_events": len(events),
+        "countries_source": vocab["source"],
+        "n_countries": len(vocab["countries"]),
     }
     if report["rows_read"] != report["rows_kept"] + sum(dropped.values()):
         raise RuntimeError(f"cleaning counts do not add up: {report}")
@@ -292,13 +303,18 @@ def run(cfg: IngestConfig, source: str, out_dir: Path) -> dict[str, Any]:
         customers.to_parquet(tmp / artifacts.CUSTOMERS, index=False)
         table = pa.Table.from_pandas(sequences, schema=SEQUENCES_SCHEMA, preserve_index=False)
         pq.write_table(table, tmp / artifacts.SEQUENCES)
+        write_json(tmp / public_countries.COUNTRIES_FILE, vocab)
         write_json(tmp / artifacts.CLEANING_REPORT, report)
         timer.write(tmp, report)
     logger.info(
-        "ingest kept %d of %d rows: %d customers, %d items",
+        "ingest kept %d of %d rows: %d customers, %d items; %d public countries (source %s), "
+        "%d customers mapped to the unknown country",
         report["rows_kept"],
         rows_read,
         report["n_customers"],
         report["n_items"],
+        report["n_countries"],
+        vocab["source"],
+        n_outside,
     )
     return report
