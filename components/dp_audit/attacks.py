@@ -24,6 +24,7 @@ from components.common import artifacts as art
 from components.common import canaries
 from components.dp_audit import bound, empirical, scoring
 from components.dp_audit.config import AuditConfig
+from components.train.data import COUNTRY_COLUMN, load_training_set
 
 logger = logging.getLogger(__name__)
 
@@ -246,21 +247,27 @@ def generator_membership(
 def recommender_membership(
     training_dir: Path, canary_set: dict[str, Any] | None, model: Any, cfg: AuditConfig
 ) -> tuple[dict[str, Any] | None, Check]:
-    sequences = art.read_parquet(
-        training_dir / art.TRAIN_SEQUENCES, ["source", "customer_id", "items"]
-    )
-    real = sequences.loc[sequences["source"] == "real"].reset_index(drop=True)
+    # load_training_set reads the country_id column as train does (all 0 in an older set).
+    real = load_training_set(training_dir).real.reset_index(drop=True)
     split = split_members(real["customer_id"].astype(str).tolist(), canary_set)
     if split is None:
         return None, skipped("recommender_membership_inference", "no customers were held out")
     mask, _, seed = split
     # A one-item sequence has nothing to predict and no loss: it says nothing about membership.
-    members = [list(s) for s in real.loc[~mask, "items"] if len(s) >= 2]
-    members = [members[i] for i in _sample(len(members), cfg.mia_max_members, seed)]
-    held = [list(s) for s in real.loc[mask, "items"] if len(s) >= 2]
+    long_enough = (real["items"].map(len) >= 2).to_numpy()
+    members = real.loc[~mask & long_enough]
+    members = members.iloc[_sample(len(members), cfg.mia_max_members, seed)]
+    held = real.loc[mask & long_enough]
     kwargs = {"max_history": model.config.max_history, "batch_size": cfg.batch_size}
-    member_scores = scoring.recommender_scores(model, members, **kwargs)
-    held_scores = scoring.recommender_scores(model, held, **kwargs)
+    member_scores = scoring.recommender_scores(
+        model,
+        [list(s) for s in members["items"]],
+        country_ids=members[COUNTRY_COLUMN].tolist(),
+        **kwargs,
+    )
+    held_scores = scoring.recommender_scores(
+        model, [list(s) for s in held["items"]], country_ids=held[COUNTRY_COLUMN].tolist(), **kwargs
+    )
     return membership_attack("recommender", member_scores, held_scores, cfg)
 
 

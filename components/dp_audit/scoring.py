@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from components.train.data import next_item_records
+
 logger = logging.getLogger(__name__)
 
 PAD_ID = 0
@@ -61,36 +63,41 @@ def recommender_scores(
     sequences: Sequence[Sequence[int]],
     *,
     max_history: int,
+    country_ids: Sequence[int] | None = None,
     batch_size: int = 512,
 ) -> np.ndarray:
     """Negative mean next-item cross-entropy of each item-index sequence under ``model``.
+
+    The records are built by train's own :func:`~components.train.data.next_item_records`, so a
+    record's window, country id and ``n_before`` (the purchases cut off before the window) are
+    exactly what the training loss saw for it.
 
     Args:
         model: a ``SequentialRecommender`` in eval mode (forward gives [batch, T, n_items + 1]).
         sequences: item indices (1..n_items), one list per record.
         max_history: the window train used; longer sequences score their last max_history + 1.
+        country_ids: one country index per sequence, as in training_set/'s ``country_id`` column
+            (0 = unknown); None means all unknown, as train does for canaries.
         batch_size: records per forward pass.
 
     Returns:
         [len(sequences)] float64 scores; a one-item sequence (nothing to predict) scores 0.
     """
     model.eval()
+    records = next_item_records(
+        sequences, np.ones(len(sequences)), max_history, country_ids=country_ids
+    )
+    inputs_all, targets_all, _, countries_all, n_before_all = records.tensors
     out = np.zeros(len(sequences), dtype=np.float64)
     for start in range(0, len(sequences), batch_size):
-        windows = [list(s)[-(max_history + 1) :] for s in sequences[start : start + batch_size]]
-        inputs = torch.zeros((len(windows), max_history), dtype=torch.long)
-        targets = torch.zeros((len(windows), max_history), dtype=torch.long)
-        for row, window in enumerate(windows):
-            history, nxt = window[:-1], window[1:]
-            if nxt:
-                inputs[row, max_history - len(history) :] = torch.as_tensor(history)
-                targets[row, max_history - len(nxt) :] = torch.as_tensor(nxt)
-        logits = model(inputs).float()
+        rows = slice(start, start + batch_size)
+        targets = targets_all[rows]
+        logits = model(inputs_all[rows], countries_all[rows], n_before_all[rows]).float()
         b, t, v = logits.shape
         ce = F.cross_entropy(
             logits.reshape(b * t, v), targets.reshape(b * t), reduction="none", ignore_index=0
         ).view(b, t)
         n_targets = (targets != 0).sum(dim=1)
         mean = ce.sum(dim=1) / n_targets.clamp(min=1)
-        out[start : start + len(windows)] = (-mean).double().numpy()
+        out[start : start + b] = (-mean).double().numpy()
     return out
