@@ -25,6 +25,7 @@ from components.common.recommender_model import COUNTRIES, UNKNOWN_COUNTRY
 from components.common.splits import leave_last_out
 from components.fuse.config import FuseConfig
 from components.fuse.embeddings import EMBEDDING_DIM, embed_texts
+from components.ingest import countries as public_countries
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +47,23 @@ FEATURE_SOURCES = {
 # Customer features of the recommender and where they come from (the report shows it).
 CUSTOMER_FEATURE_SOURCES = {
     "country": "real: the customer's country in the cleaned sequences (Feast `country` when "
-    "serving); the vocabulary holds the countries of real training customers only, a synthetic "
-    "sequence carries its generated country mapped with it (unseen -> unknown)",
+    "serving); the vocabulary is the public list of cleaned/countries.json (ingest.countries), "
+    "never the customers' countries, a synthetic sequence carries its generated country mapped "
+    "with it (outside the list -> unknown)",
     "activity": "real and synthetic: the number of purchases before each position of the "
     "sequence itself, log2-bucketed (Feast `n_items` minus the history passed when serving)",
 }
 
 
-def country_vocabulary(countries: pd.Series) -> list[str]:
-    """``["<unknown>", sorted distinct countries]`` of the real training customers."""
-    names = sorted({str(c) for c in countries if isinstance(c, str) and c})
-    return [UNKNOWN_COUNTRY] + [n for n in names if n != UNKNOWN_COUNTRY]
+def country_vocabulary(public: list[str]) -> list[str]:
+    """``["<unknown>", sorted public countries]``: index 0 is the unknown country.
+
+    Args:
+        public: the public country list (``cleaned/countries.json``), never the customers'
+            countries, so that the vocabulary reveals nothing about who is in the data.
+    """
+    names = sorted(set(public) - {UNKNOWN_COUNTRY, public_countries.UNKNOWN})
+    return [UNKNOWN_COUNTRY, *names]
 
 
 def country_ids(vocab: list[str], countries: pd.Series) -> np.ndarray:
@@ -280,8 +287,10 @@ def run(
     # 3. Real sequences: training parts only, so held-out items stay out of training.
     split = leave_last_out(sequences[["customer_id", "country", "items"]])
     real_train = encode_real(item_map, split.train["items"], file=str(seq_file))
-    # Customer features: the country vocabulary comes from real training customers only.
-    countries = country_vocabulary(split.train["country"])
+    # Customer features: the country vocabulary is the public list ingest wrote (an older
+    # cleaned/ without it falls back to the observed countries, with a warning).
+    public = public_countries.vocabulary(cleaned_dir, sequences["country"])
+    countries = country_vocabulary(public["countries"])
     real = pd.DataFrame(
         {
             "seq_id": [f"real-{c}" for c in split.train["customer_id"]],
@@ -371,6 +380,7 @@ def run(
         "feature_sources": FEATURE_SOURCES,
         "customer_feature_sources": CUSTOMER_FEATURE_SOURCES,
         "n_countries": len(countries),
+        "countries_source": public["source"],
         "embedding_seconds": round(embed_seconds, 3),
     }
     with art.atomic_dir(out_dir) as tmp:
@@ -378,7 +388,7 @@ def run(
         _write_train_sequences(tmp / art.TRAIN_SEQUENCES, train)
         _write_eval_cases(tmp / art.EVAL_CASES, eval_cases)
         _write_item_features(tmp / art.ITEM_FEATURES, features, vectors)
-        art.write_json(tmp / COUNTRIES, {"countries": countries})
+        art.write_json(tmp / COUNTRIES, {"countries": countries, "source": public["source"]})
         timer.write(tmp, summary)
     logger.info(
         "fuse: %d items, %d real + %d synthetic sequences (dropped %s), %d eval cases",

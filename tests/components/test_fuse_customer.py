@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from components.common.errors import InputError
 from components.fuse.config import FuseConfig
 from components.fuse.logic import run
 from components.train.data import load_training_set
@@ -60,13 +62,14 @@ def _write(root: Path) -> tuple[Path, Path]:
 
 
 def test_country_vocabulary_and_ids(tmp_path: Path) -> None:
+    # An older cleaned/ without countries.json: the vocabulary falls back to the observed one.
     cleaned, synthetic = _write(tmp_path)
     out = tmp_path / "training_set"
     cfg = FuseConfig(near_duplicate_jaccard=1.0)
     summary = run(cfg, cleaned, synthetic, out, seed=0)
     # Real training customers' countries only: the synthetic-only "Atlantis" is not in it.
-    vocab = json.loads((out / "countries.json").read_text())["countries"]
-    assert vocab == ["<unknown>", "France", "Germany"]
+    written = json.loads((out / "countries.json").read_text())
+    assert written == {"countries": ["<unknown>", "France", "Germany"], "source": "data"}
     assert summary["n_countries"] == 3
     assert set(summary["customer_feature_sources"]) == {"country", "activity"}
 
@@ -84,3 +87,36 @@ def test_country_vocabulary_and_ids(tmp_path: Path) -> None:
     ts = load_training_set(out)
     assert ts.countries == ("<unknown>", "France", "Germany")
     assert ts.sequences["country_id"].tolist() == seqs["country_id"].tolist()
+
+
+def test_vocabulary_is_the_public_list_not_the_customers(tmp_path: Path) -> None:
+    cleaned, synthetic = _write(tmp_path)
+    # The operator's list: Germany (c2's country) is not in it, Spain has no customer at all.
+    (cleaned / "countries.json").write_text(
+        json.dumps({"countries": ["Spain", "Atlantis", "France"], "source": "config"})
+    )
+    out = tmp_path / "training_set"
+    summary = run(FuseConfig(near_duplicate_jaccard=1.0), cleaned, synthetic, out, seed=0)
+    written = json.loads((out / "countries.json").read_text())
+    assert written == {
+        "countries": ["<unknown>", "Atlantis", "France", "Spain"],
+        "source": "config",
+    }
+    assert summary["countries_source"] == "config"
+    seqs = pd.read_parquet(out / "train_sequences.parquet").set_index("seq_id")
+    assert seqs.loc["real-c1", "country_id"] == 2
+    assert seqs.loc["real-c2", "country_id"] == 0  # Germany is not public: unknown
+    assert seqs.loc["syn-s-unseen", "country_id"] == 1  # Atlantis is listed
+    cases = pd.read_parquet(out / "eval_cases.parquet").set_index("customer_id")
+    assert cases["country_id"].to_dict() == {"c1": 2, "c2": 0, "c4": 0}
+    assert load_training_set(out).countries == ("<unknown>", "Atlantis", "France", "Spain")
+
+
+def test_a_malformed_public_list_is_an_input_error(tmp_path: Path) -> None:
+    cleaned, synthetic = _write(tmp_path)
+    (cleaned / "countries.json").write_text(
+        json.dumps({"countries": ["France"], "source": "guess"})
+    )
+    with pytest.raises(InputError, match="source='guess' is not one of"):
+        run(FuseConfig(), cleaned, synthetic, tmp_path / "training_set", seed=0)
+    assert not (tmp_path / "training_set").exists()
