@@ -252,6 +252,13 @@ def _ingest(dataset: str, cache: Path, source: str) -> Path:
     return out
 
 
+def _copy_other_files(cleaned: Path, out: Path, rewritten: Sequence[str]) -> None:
+    """Copy the files of ``cleaned/`` that a derived copy keeps as they are (countries.json...)."""
+    for file in cleaned.iterdir():
+        if file.is_file() and file.name not in rewritten:
+            shutil.copyfile(file, out / file.name)
+
+
 def _subsample_cleaned(cleaned: Path, n: int, out: Path) -> Path:
     """A ``cleaned/`` with ``n`` customers drawn uniformly (seed 0) and the items they bought."""
     if (out / art.SEQUENCES).is_file():
@@ -262,6 +269,7 @@ def _subsample_cleaned(cleaned: Path, n: int, out: Path) -> Path:
         raise ConfigError(f"--subsample {n} must be below the dataset's {len(ids)} customers")
     keep = set(np.random.default_rng(0).choice(ids, size=n, replace=False).tolist())
     with art.atomic_dir(out) as tmp:
+        _copy_other_files(cleaned, tmp, (art.SEQUENCES, art.EVENTS, art.CUSTOMERS, art.ITEMS))
         seqs = seqs[seqs["customer_id"].astype(str).isin(keep)]
         seqs.to_parquet(tmp / art.SEQUENCES, index=False)
         events = pd.read_parquet(cleaned / art.EVENTS)
@@ -288,8 +296,7 @@ def _cleaned_before(cleaned: Path, cutoff: pd.Timestamp, out: Path) -> Path:
     if (out / art.SEQUENCES).is_file():
         return out
     with art.atomic_dir(out) as tmp:
-        for name in (art.ITEMS, art.CUSTOMERS):
-            shutil.copyfile(cleaned / name, tmp / name)
+        _copy_other_files(cleaned, tmp, (art.EVENTS, art.SEQUENCES))
         events = pd.read_parquet(cleaned / art.EVENTS)
         events[events["ts"] < cutoff].to_parquet(tmp / art.EVENTS, index=False)
         seqs = fuse.events_before(pd.read_parquet(cleaned / art.SEQUENCES), cutoff)
