@@ -30,13 +30,14 @@ from components.common import canaries, ledger
 from components.common.artifacts import PRIVACY, StepTimer, atomic_dir, read_json, write_json
 from components.common.errors import PrivacyError
 from components.common.privacy import PrivacyRecord, compute_epsilon
-from components.common.recommender_model import load_recommender
+from components.common.recommender_model import COUNTRIES, load_recommender, read_countries
 from components.dp_audit import attacks
 from components.dp_audit import html as audit_html
 from components.dp_audit.config import AuditConfig
 from components.generate.config import GenerateConfig
 from components.generate.model import load_model
-from components.generate.tokenizer import ItemVocab
+from components.generate.tokenizer import VOCAB_FILE, ItemVocab
+from components.ingest import countries as public_countries
 
 logger = logging.getLogger(__name__)
 
@@ -351,6 +352,77 @@ def empirical_audit(
 
 
 NO_CLEANED = "no cleaned/ given to the audit"
+COUNTRY_CHECK = "country_vocabulary_public"
+COUNTRY_FIX = (
+    "set ingest.countries to the operator's public list of markets (the countries the shop "
+    "sells to) and rerun from ingest"
+)
+
+
+def country_vocabulary_check(
+    generator_dir: Path,
+    recommender_dir: Path,
+    *,
+    cleaned_dir: Path | None,
+    training_dir: Path | None,
+) -> dict[str, Any]:
+    """Whether the models' country vocabularies are public, not derived from the customers.
+
+    The public list and its source come from ``cleaned/countries.json`` (or, without cleaned/,
+    from the ``source`` fuse wrote into ``training_set/countries.json``). The check fails when the
+    source is "data" (the observed countries) or unknown (an older artifact without it), and
+    when the recommender's ``countries.json`` or the generator's country tokens hold a country
+    outside the list (the generator may also hold the unknown country).
+    """
+    figures: dict[str, Any] = {"source": None, "n_countries": None}
+
+    def failed(detail: str) -> dict[str, Any]:
+        return {"name": COUNTRY_CHECK, "passed": False, "detail": detail, "figures": figures}
+
+    if cleaned_dir is not None:
+        where = cleaned_dir / public_countries.COUNTRIES_FILE
+        public = public_countries.read(cleaned_dir)
+    elif training_dir is not None and (training_dir / COUNTRIES).is_file():
+        where = training_dir / COUNTRIES
+        raw = read_json(where)
+        names = read_countries(where)[1:]
+        source = raw.get("source")
+        public = None if source is None else {"countries": names, "source": source}
+    else:
+        return attacks.skipped(COUNTRY_CHECK, "no cleaned/ or training_set/ given to the audit")
+    if public is None:
+        return failed(
+            f"{where} does not say where the country list came from (an artifact from before "
+            f"public country lists: the vocabularies were built from the customers); {COUNTRY_FIX}"
+        )
+    figures.update(source=public["source"], n_countries=len(public["countries"]))
+    if public["source"] != public_countries.SOURCE_CONFIG:
+        return failed(
+            f"the country vocabulary has source {public['source']!r} ({where}): it is the observed "
+            "countries, so every exported model reveals which countries have customers, outside "
+            f"DP; {COUNTRY_FIX}"
+        )
+    allowed = set(public["countries"])
+    outside: dict[str, list[str]] = {}
+    if (recommender_dir / COUNTRIES).is_file():
+        names = read_countries(recommender_dir / COUNTRIES)[1:]
+        outside["recommender"] = sorted(set(names) - allowed)
+    if (generator_dir / VOCAB_FILE).is_file():
+        names = ItemVocab.load(generator_dir).countries
+        outside["generator"] = sorted(set(names) - allowed - {public_countries.UNKNOWN})
+    leaks = {model: names for model, names in outside.items() if names}
+    if leaks:
+        listed = "; ".join(f"{m}: {n[:5]}" for m, n in leaks.items())
+        return failed(f"vocabularies hold countries outside the public list ({listed})")
+    return {
+        "name": COUNTRY_CHECK,
+        "passed": True,
+        "detail": (
+            f"{len(allowed)} countries from ingest.countries; checked "
+            f"{', '.join(sorted(outside)) or 'no model vocabulary'}: nothing outside the list"
+        ),
+        "figures": figures,
+    }
 
 
 def _summary(checks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -403,7 +475,10 @@ def run(
     are given and ``cfg.empirical``): the one-run canary bound of each model against its
     accountant epsilon, a loss-threshold membership attack on real customers, synthetic copies of
     training sessions against held-out ones, and a scan of the generator's files and the
-    synthetic data for raw customer ids. A check whose inputs are missing is reported as skipped.
+    synthetic data for raw customer ids. Always (given cleaned/ or training_set/):
+    ``country_vocabulary_public``, which fails unless the country vocabulary came from
+    ``ingest.countries`` and no model's vocabulary holds a country outside it. A check whose
+    inputs are missing is reported as skipped.
     A failed audit is a result, not an error: ``passed`` is False and deploy does not run.
 
     With ``ledger_path``, ``dataset_sha256`` and ``run_id`` the run's audited spend is appended to
@@ -458,6 +533,11 @@ def run(
         training_dir=opt(training_dir),
         generate_cfg=generate_cfg if generate_cfg is not None else GenerateConfig(),
     )
+    # Before the empirical checks, so a failure is logged with them.
+    country_check = country_vocabulary_check(
+        generator_dir, recommender_dir, cleaned_dir=opt(cleaned_dir), training_dir=opt(training_dir)
+    )
+    checks.insert(0, country_check)
     result["checks"].extend(checks)
     result.update(_summary(result["checks"]))
     result["copies"] = figures.get("copies")

@@ -64,6 +64,10 @@ def write_cleaned(out: Path, seed: int = 0) -> Path:
             "price_band": np.arange(N_ITEMS) % 4,
         }
     ).to_parquet(out / artifacts.ITEMS)
+    # The public country list, as ingest writes it from ingest.countries (Spain: no customer).
+    (out / "countries.json").write_text(
+        json.dumps({"countries": [*COUNTRIES, "Spain"], "source": "config"}), encoding="utf-8"
+    )
     return out
 
 
@@ -243,6 +247,8 @@ def test_dp_audit_writes_every_figure_and_the_page(chains: dict) -> None:
         "no_raw_customer_ids",
     ]
     assert result["passed"] is True, result["failed_checks"]
+    country = _check(result, "country_vocabulary_public")
+    assert country["passed"] is True and country["figures"]["n_countries"] == 4
     page = (chains["dp"]["gen"].parent / "audit" / "audit.html").read_text()
     assert page.count("data:image/png;base64,") == 2
     assert "PASSED" in page
@@ -304,3 +310,24 @@ def test_info_logs_of_generate_fuse_train_carry_no_customer_id(chains: dict) -> 
     ids = set(CUSTOMER_IDS)
     leaked = [m for m in logs if ids & set(re.findall(r"[A-Za-z0-9_.\-]+", m))]
     assert leaked == []
+
+
+def test_country_vocabulary_from_data_fails_the_audit(chains: dict, tmp_path: Path) -> None:
+    dirs = dict(chains["dp"])
+    dirs["cleaned"] = tmp_path / "cleaned"
+    shutil.copytree(chains["dp"]["cleaned"], dirs["cleaned"])
+    (dirs["cleaned"] / "countries.json").write_text(
+        json.dumps({"countries": list(COUNTRIES), "source": "data"}), encoding="utf-8"
+    )
+    result = _audit(dirs, tmp_path / "audit", AuditConfig(empirical=False))
+    assert result["passed"] is False
+    assert result["failed_checks"] == ["country_vocabulary_public"]
+    assert "set ingest.countries" in _check(result, "country_vocabulary_public")["detail"]
+
+
+def test_models_hold_the_public_countries_only(chains: dict) -> None:
+    public = [*COUNTRIES, "Spain"]
+    rec = json.loads((chains["dp"]["rec"] / "countries.json").read_text())["countries"]
+    assert rec == ["<unknown>", *sorted(public)]
+    vocab = json.loads((chains["dp"]["gen"] / "vocab.json").read_text())["countries"]
+    assert sorted(vocab) == sorted([*public, "unknown"])
