@@ -189,6 +189,11 @@ def test_parallel_table_merges_blocks_and_skips_missing_data(
     assert "diginetica/leave_last_out" in on_disk["skipped"]
     assert "does not exist" in on_disk["skipped"]["diginetica/temporal"]
     assert on_disk["settings"]["jobs"] == 2
+    # What the generator reads before the cutoff keeps ingest's other files (countries.json...).
+    cache = Path(args.cache) / br.code_fingerprint() / "online_retail"
+    kept = {p.name for p in (cache / "cleaned").iterdir()}
+    assert "countries.json" in kept
+    assert kept <= {p.name for p in (cache / "temporal" / "cleaned-before").iterdir()}
     assert written["datasets"] == on_disk["datasets"]
     table = br.format_table(on_disk)
     assert "online_retail" in table and "popularity" in table
