@@ -200,10 +200,13 @@ def generator_records(
     from components.generate import logic as generate
 
     bands = generate.read_price_bands(cleaned_dir) if vocab.price_bands is not None else None
+    has_categories = getattr(vocab, "categories", None) is not None
+    categories = generate.read_categories(cleaned_dir) if has_categories else None
     return generate.customer_records(
         part,
         vocab,
         bands=bands,
+        categories=categories,
         session_split=gen_cfg.session_split,
         max_sequences=gen_cfg.max_sequences_per_customer,
         max_tokens=gen_cfg.max_tokens_per_customer,

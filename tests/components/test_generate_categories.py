@@ -240,6 +240,35 @@ def test_records_carry_the_category_after_the_band(cleaned: Path) -> None:
         assert session.items == list(row.items)
 
 
+def test_audit_rebuilds_the_training_records_with_their_category(cleaned: Path) -> None:
+    from components.dp_audit import attacks
+
+    sequences, catalogue = logic.read_sequences(cleaned, with_ts=True)
+    cats = logic.read_categories(cleaned)
+    train = logic.training_histories(sequences)
+    vocab = ItemVocab.build(
+        catalogue,
+        train["country"],
+        MAX_LENGTH,
+        months=True,
+        n_price_bands=2,
+        categories=cats.values(),
+    )
+    cfg = GenerateConfig(max_length=MAX_LENGTH)
+    expected = logic.customer_records(
+        train,
+        vocab,
+        bands=logic.read_price_bands(cleaned),
+        categories=cats,
+        session_split=cfg.session_split,
+        max_sequences=cfg.max_sequences_per_customer,
+        max_tokens=cfg.max_tokens_per_customer,
+    )
+    got = attacks.generator_records(attacks.generator_train_parts(cleaned), vocab, cleaned, cfg)
+    assert got == expected
+    assert all(seq[4] in vocab.category_ids for segments in got for seq in segments)
+
+
 @pytest.mark.skipif(not SHARED_BEAUTY.is_dir(), reason="no shared Amazon Beauty data")
 def test_beauty_slice_round_trips_with_categories() -> None:
     events = loaders.load_amazon_beauty(SHARED_BEAUTY)
