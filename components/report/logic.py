@@ -102,6 +102,27 @@ def _read_audit(audit_dir: Path) -> dict[str, Any]:
     return raw
 
 
+def _read_feature_sources(training_dir: Path) -> list[dict[str, str]]:
+    """Each recommender feature and where its values come from, as fuse recorded them.
+
+    An older training set without the record gives an empty list (the section says so).
+    """
+    path = training_dir / STEP_RECORD
+    if not path.is_file():
+        return []
+    summary = read_json(path).get("summary") or {}
+    rows = []
+    for kind, key in (("item", "feature_sources"), ("customer", "customer_feature_sources")):
+        sources = summary.get(key) or {}
+        if not isinstance(sources, dict):
+            raise InputError(f"{key} must be an object of feature -> source", file=str(path))
+        rows += [
+            {"feature": str(name), "kind": kind, "source": str(source)}
+            for name, source in sources.items()
+        ]
+    return rows
+
+
 def _read_steps(dirs: dict[str, Path | None]) -> dict[str, float]:
     """Wall time per step from each input dir's ``step.json``.
 
@@ -198,6 +219,7 @@ def collect(
         "total_delta": audit.get("total_delta"),
         "composition": audit.get("composition"),
         "cleaning": _read_cleaning(cleaned_dir),
+        "feature_sources": _read_feature_sources(training_dir),
         "steps": steps,
         "audit_passed": bool(audit["passed"]),
         "audit_checks": audit.get("checks", []),
@@ -262,6 +284,12 @@ def _sections(cfg: ReportConfig, figures: dict[str, Any]) -> list[tuple[str, lis
                 [model, *(_fmt(figures["metrics"][model][k]) for k in METRIC_KEYS)]
                 for model in MODELS
             ],
+        ),
+        (
+            "Features of the recommender and where they come from",
+            ["feature", "kind", "source"],
+            [[f["feature"], f["kind"], f["source"]] for f in figures["feature_sources"]]
+            or [["none recorded", "", "the training set predates feature records"]],
         ),
         (
             "Privacy (user-level, unit = customer)",

@@ -201,3 +201,48 @@ def test_cleaning_rules_are_listed_in_the_order_they_ran(tmp_path, dirs):
     text = (tmp_path / "report" / "report.md").read_text()
     positions = [text.index(f"dropped: {rule}") for rule in report["rules"]]
     assert positions == sorted(positions)
+
+
+def test_feature_sources_from_fuse_are_reported(tmp_path, dirs):
+    record = {
+        "step": "fuse",
+        "wall_s": 4.0,
+        "summary": {
+            "feature_sources": {"popularity": "real: counts of real training customers"},
+            "customer_feature_sources": {"country": "real: public list of cleaned/countries.json"},
+        },
+    }
+    (dirs["training_dir"] / "step.json").write_text(json.dumps(record), encoding="utf-8")
+    out = tmp_path / "report"
+    figures = logic.run(ReportConfig(), out_dir=out, **dirs)
+
+    assert figures["feature_sources"] == [
+        {
+            "feature": "popularity",
+            "kind": "item",
+            "source": "real: counts of real training customers",
+        },
+        {
+            "feature": "country",
+            "kind": "customer",
+            "source": "real: public list of cleaned/countries.json",
+        },
+    ]
+    md = (out / "report.md").read_text()
+    assert "| country | customer | real: public list of cleaned/countries.json |" in md
+    assert "## Features of the recommender and where they come from" in md
+
+
+def test_training_set_without_feature_record_says_so(tmp_path, dirs):
+    out = tmp_path / "report"
+    figures = logic.run(ReportConfig(), out_dir=out, **dirs)
+
+    assert figures["feature_sources"] == []
+    assert "the training set predates feature records" in (out / "report.md").read_text()
+
+
+def test_feature_sources_that_are_not_an_object_are_an_input_error(tmp_path, dirs):
+    record = {"step": "fuse", "wall_s": 1.0, "summary": {"feature_sources": ["popularity"]}}
+    (dirs["training_dir"] / "step.json").write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(InputError, match="feature_sources"):
+        logic.run(ReportConfig(), out_dir=tmp_path / "report", **dirs)
