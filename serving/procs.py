@@ -48,7 +48,8 @@ class RedisUnavailable(RuntimeError):
 
 def port_is_free(port: int, host: str = HOST) -> bool:
     """Whether ``host:port`` can be bound now (another process may take it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         # As redis-server and uvicorn bind: a port whose last connection is in TIME_WAIT is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
