@@ -1,8 +1,9 @@
 """The container image each pipeline step runs in, pinned by tag.
 
-The Dockerfiles under ``dockerfiles/`` build these images; the tag moves with the project version, never
-``latest``, so a compiled pipeline names exactly the code it runs. Local runs (``pipelines.local``)
-ignore the image and run each step in a subprocess of the current environment.
+The Dockerfiles under ``dockerfiles/`` build these images; the tag moves with the project
+version, never ``latest``, so a compiled pipeline names exactly the code it runs. Local runs
+(``pipelines.local``) ignore the image and run each step in a subprocess of the current
+environment.
 """
 
 from __future__ import annotations
