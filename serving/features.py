@@ -334,10 +334,12 @@ class CustomerHistory:
         The items not yet in the history are appended in the order given, the history keeps its
         last HISTORY_LENGTH items, and ``n_items`` grows by the number appended. A history that
         is missing or older than the ttl starts afresh from this purchase. The row's stamp
-        (event timestamp and ``updated_at``) becomes ``ts`` in whole seconds, or one second past
-        the row's previous stamp when that is later (the Redis store keeps only a row newer than
-        the stored one, so two pushes in one second stamp the second one a second ahead);
-        ``last_purchase_at`` becomes the later of the old value and ``ts``.
+        (event timestamp and ``updated_at``, what the ttl measures from) is the time of the
+        write, now (UTC) in whole seconds, or one second past the row's previous stamp when that
+        is later (the Redis store keeps only a row newer than the stored one, so two pushes in
+        one second stamp the second one a second ahead); it is never ``ts``, so a purchase dated
+        further back than the ttl is still served. ``last_purchase_at`` becomes the later of the
+        old value and ``ts``.
 
         Concurrent pushes for one customer are applied one after the other: within this process
         always, and across processes on the Redis store (a per-customer Redis lock around the
@@ -390,9 +392,11 @@ class CustomerHistory:
             )
             history, added = extend_history([] if restarted else old.recent_items, bought)
             n_items = len(added) + (0 if restarted else old.n_items)
-            # Whole seconds, as the store keeps them, and always past the stored stamp: the Redis
-            # store drops a write whose event timestamp is not newer than the stored one.
-            stamp = _seconds(ts)
+            # The row's stamp says when it was written (the TTL measures from it), not when the
+            # purchase was: a backdated purchase stamped with its own time would be expired at
+            # once. Whole seconds, as the store keeps them, and always past the stored stamp: the
+            # Redis store drops a write whose event timestamp is not newer than the stored one.
+            stamp = _seconds(now)
             last_purchase = _seconds(ts)
             kept_country = None
             if old is not None:

@@ -181,6 +181,21 @@ def test_push_with_a_past_time_keeps_the_later_last_purchase(history):
     assert result["last_purchase_at"] == row.last_purchase_at.isoformat()
 
 
+def test_a_push_older_than_the_ttl_is_stamped_now_and_served(history):
+    # The ttl measures from the write, not from the purchase: a purchase dated 60 days back
+    # (twice the ttl) is served at once and keeps its own time as last_purchase_at.
+    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(days=60)
+    before = datetime.now(UTC).replace(microsecond=0)
+    result = history.push_purchase("20004", ["99801", "99802"], ts)
+    row = history.histories(["20004"])[0]
+    assert row is not None
+    assert row.recent_items == ["99801", "99802"]
+    assert row.last_purchase_at == ts
+    assert before <= row.updated_at <= datetime.now(UTC) + timedelta(seconds=1)
+    assert result["updated_at"] == row.updated_at.isoformat()
+    assert result["restarted"] is True
+
+
 def test_push_for_a_new_customer_starts_a_history(history):
     ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
     result = history.push_purchase("20001", ["99401", "99402", "99401"], ts, country="Spain")

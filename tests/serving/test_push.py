@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import httpx
 import pytest
 
@@ -97,3 +99,24 @@ def test_the_predictor_takes_no_pushes(split):
     r = httpx.post(split.predictor.base + PATH, json=body, timeout=30)
     assert r.status_code == 404
     assert r.json()["field"] == "model"
+
+
+def test_a_backdated_push_is_served_by_the_model(servers):
+    # A purchase older than the 30-day TTL: the row is written now, so it is fresh, while the
+    # purchase keeps its own time.
+    base = servers.recommender.base
+    assert recommend(base, "55503")["fallback"] == "popularity"
+    ts = (dt.datetime.now(dt.UTC) - dt.timedelta(days=60)).replace(microsecond=0)
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    r = httpx.post(
+        base + PATH,
+        json={"customer_id": "55503", "items": ["22752", "21730"], "ts": ts.isoformat()},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["added"] == 2
+    assert dt.datetime.fromisoformat(r.json()["last_purchase_at"]) == ts
+    assert dt.datetime.fromisoformat(r.json()["updated_at"]) >= before
+    after = recommend(base, "55503")
+    assert after["fallback"] is None
+    assert not {"22752", "21730"} & {i["item_id"] for i in after["items"]}
