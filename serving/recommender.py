@@ -646,7 +646,10 @@ class RecommenderModel(BlockingModel):
             What the feature store reports about the write (JSON-able), or ``{}``.
 
         Raises:
-            NotReady: no feature store, one that cannot take pushes, or a failed write.
+            BadRequest: an item is not in the model's catalogue (``body.items[j]``); nothing is
+                written then.
+            NotReady: not loaded, no feature store, one that cannot take pushes, or a failed
+                write.
         """
         if self._history is None:
             raise NotReady(
@@ -655,6 +658,11 @@ class RecommenderModel(BlockingModel):
         push = getattr(self._history, "push_purchase", None)
         if push is None:
             raise NotReady("this feature store client has no push_purchase")
+        if self.catalogue is None:
+            raise NotReady("the recommender is not loaded yet; retry")
+        # An item outside the catalogue would be stored, then dropped at ranking; a history of
+        # only such items sends the customer to the fallback. Refused like a request's items.
+        self._check_items(items, "body.items")
         try:
             result = push(customer_id, items, ts)
         except (BadRequest, NotReady):

@@ -7,6 +7,8 @@ import datetime as dt
 import httpx
 import pytest
 
+from serving.features import CustomerHistory
+
 pytestmark = pytest.mark.integration
 
 PATH = "/v1/models/recommender/purchases"
@@ -120,3 +122,15 @@ def test_a_backdated_push_is_served_by_the_model(servers):
     after = recommend(base, "55503")
     assert after["fallback"] is None
     assert not {"22752", "21730"} & {i["item_id"] for i in after["items"]}
+
+
+def test_a_push_of_an_item_outside_the_catalogue_is_a_400_and_writes_nothing(servers):
+    base = servers.recommender.base
+    r = httpx.post(
+        base + PATH, json={"customer_id": "55504", "items": ["22752", "NOPE"]}, timeout=30
+    )
+    assert r.status_code == 400, r.text
+    assert (r.json()["field"], r.json()["value"]) == ("body.items[1]", "'NOPE'")
+    assert "catalogue" in r.json()["allowed"]
+    assert CustomerHistory(servers.feature_repo).recent_items(["55504"]) == [None]
+    assert recommend(base, "55504")["fallback"] == "popularity"
