@@ -378,7 +378,7 @@ class CustomerHistory:
                 "the purchase time lies in the future",
                 field="ts",
                 value=ts.isoformat(),
-                allowed=f"a UTC-aware time no later than {MAX_CLOCK_SKEW} past now",
+                allowed=f"a UTC-aware time no later than {skew_text()} after now (UTC)",
             )
         if country is not None and (not isinstance(country, str) or not country):
             raise BadRequest("must be a non-empty string", field="country", value=country)
@@ -480,6 +480,15 @@ class CustomerHistory:
             except redis.RedisError as exc:
                 # The key expires by itself; the push itself succeeded.
                 logger.warning("the Redis push lock could not be released: %s", exc)
+
+
+def skew_text() -> str:
+    """MAX_CLOCK_SKEW in words ("5 minutes"), for the error that names what a ts may be."""
+    seconds = int(MAX_CLOCK_SKEW.total_seconds())
+    if seconds % 60:
+        return f"{seconds} seconds"
+    minutes = seconds // 60
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def push_lock_key(project: str, customer_id: str) -> str:

@@ -20,6 +20,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from serving.errors import BadRequest, UnknownModel
+from serving.features import MAX_CLOCK_SKEW, skew_text
 from serving.kserve_compat import ModelNotFound
 from serving.validation import get_str, get_str_list, parse_json_object, reject_unknown_keys
 
@@ -30,16 +31,14 @@ MAX_PUSH_ITEMS = 1000
 FIELDS = ("customer_id", "items", "ts")
 # What a body looks like, in the 400 for one that is not JSON or not an object.
 BODY_EXAMPLE = '{"customer_id": "...", "items": ["..."], "ts": "...Z"}'
-# A clock a little ahead of the server's is tolerated; a purchase far in the future would keep
-# its history "fresh" past the feature view's TTL.
-MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 def parse_ts(value: Any, field: str = "ts") -> dt.datetime:
     """An ISO-8601 timestamp with a UTC offset -> an aware UTC datetime.
 
     Raises:
-        BadRequest: not a string, not ISO-8601, without an offset, or in the future.
+        BadRequest: not a string, not ISO-8601, without an offset, or more than
+            MAX_CLOCK_SKEW (5 minutes) ahead of this server's clock.
     """
     allowed = 'an ISO-8601 time with an offset, e.g. "2011-12-09T12:50:00Z"'
     if not isinstance(value, str):
@@ -59,7 +58,17 @@ def parse_ts(value: Any, field: str = "ts") -> dt.datetime:
         raise BadRequest("has no UTC offset", field=field, value=value, allowed=allowed)
     parsed = parsed.astimezone(dt.UTC)
     if parsed > dt.datetime.now(dt.UTC) + MAX_CLOCK_SKEW:
-        raise BadRequest("is in the future", field=field, value=value, allowed="a past time")
+        # A client clock a little ahead of the server's is tolerated (MAX_CLOCK_SKEW, shared
+        # with the feature store's own check); the text says exactly how much.
+        raise BadRequest(
+            "is in the future",
+            field=field,
+            value=value,
+            allowed=(
+                f"{allowed}, no later than {skew_text()} after the server's clock "
+                f"(now: {dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()})"
+            ),
+        )
     return parsed
 
 

@@ -196,6 +196,12 @@ def test_a_push_older_than_the_ttl_is_stamped_now_and_served(history):
     assert result["restarted"] is True
 
 
+def test_a_push_far_in_the_future_names_the_tolerance(history):
+    with pytest.raises(BadRequest) as info:
+        history.push_purchase("13047", ["1"], datetime.now(UTC) + timedelta(hours=1))
+    assert info.value.allowed == "a UTC-aware time no later than 5 minutes after now (UTC)"
+
+
 def test_push_for_a_new_customer_starts_a_history(history):
     ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
     result = history.push_purchase("20001", ["99401", "99402", "99401"], ts, country="Spain")

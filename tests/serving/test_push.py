@@ -134,3 +134,16 @@ def test_a_push_of_an_item_outside_the_catalogue_is_a_400_and_writes_nothing(ser
     assert "catalogue" in r.json()["allowed"]
     assert CustomerHistory(servers.feature_repo).recent_items(["55504"]) == [None]
     assert recommend(base, "55504")["fallback"] == "popularity"
+
+
+def test_a_future_ts_names_the_tolerance_and_a_near_future_one_is_taken(servers):
+    base = servers.recommender.base
+    now = dt.datetime.now(dt.UTC)
+    late = (now + dt.timedelta(hours=1)).isoformat()
+    r = httpx.post(base + PATH, json={"customer_id": "55505", "items": ["22752"], "ts": late})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "body.ts"
+    assert "no later than 5 minutes after" in r.json()["allowed"]
+    soon = (now + dt.timedelta(minutes=2)).isoformat()
+    r = httpx.post(base + PATH, json={"customer_id": "55505", "items": ["22752"], "ts": soon})
+    assert r.status_code == 200, r.text
