@@ -57,6 +57,9 @@ REPORT_FILES = ("report.md", "report.html", "metrics.json")
 # The DP audit's verdict and page, copied beside the report so runs/latest shows them.
 AUDIT_TASK = "dp-audit"
 AUDIT_FILES = ("audit.json", "audit.html")
+# The generator's quality report, copied beside the run's report as quality.html / quality.json.
+QUALITY_DIR = ("generate", "synthetic")
+QUALITY_FILES = ("quality.html", "quality.json")
 LATEST = "latest"
 
 # Console names of tasks whose KFP name says little (the blocked branch's report is "report-2").
@@ -334,6 +337,10 @@ def run_local(
     for name in AUDIT_FILES:
         if (audit_dir / name).is_file():
             shutil.copy2(audit_dir / name, run_dir / name)
+    quality_dir = artifacts_dir.joinpath(*QUALITY_DIR)
+    for name in QUALITY_FILES:
+        if (quality_dir / name).is_file():
+            shutil.copy2(quality_dir / name, run_dir / name)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     record.update(
         status="succeeded",

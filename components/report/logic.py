@@ -37,7 +37,7 @@ AUDIT_FILE = "audit.json"
 RECOMMENDER_METRICS = "metrics.json"
 
 MODELS = ("popularity", "real_only", "real_plus_synthetic")
-METRIC_KEYS = ("hr@10", "ndcg@10")
+METRIC_KEYS = ("hr@10", "ndcg@10", "mrr", "coverage")
 TRAININGS = ("generator", "recommender", "recommender_real_only")
 # Headline figures of the empirical audit (dp_audit's audit.json), absent in older audits.
 EMPIRICAL_KEYS = (
@@ -275,6 +275,10 @@ def _sections(cfg: ReportConfig, figures: dict[str, Any]) -> list[tuple[str, lis
                 ["synthetic copies of training sessions", _fmt(emp.get("copy_rate"))],
                 ["same rate for held-out sessions", _fmt(emp.get("copy_rate_baseline"))],
                 ["details", "audit.html and audit.json beside this report"],
+                [
+                    "synthetic data quality (fidelity, utility, copies)",
+                    "quality.html and quality.json beside this report",
+                ],
             ],
         ),
         (

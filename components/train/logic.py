@@ -45,6 +45,7 @@ from components.train.config import TrainConfig
 from components.train.data import TrainingSet, load_training_set, next_item_records
 from components.train.evaluate import (
     evaluate_scorer,
+    full_metrics,
     model_scores,
     popularity_scores,
 )
@@ -463,7 +464,7 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
     metrics: dict[str, Any] = {"n_eval": len(ev)}
     pop = popularity_scores(ts.popularity, len(ev))
     metrics[POPULARITY] = {
-        **evaluate_scorer(pop, test_hist, test_target, cfg.k),
+        **full_metrics(pop, test_hist, test_target, cfg.k),
         **_prefixed(evaluate_scorer(pop, valid_hist, valid_target, cfg.k)),
     }
     for label, fitted in ((REAL_ONLY, real_fit), (FUSED, fused_fit)):
@@ -475,7 +476,7 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
         test_scores = model_scores(fitted.model, test_hist, **kwargs)
         valid_scores = model_scores(fitted.model, valid_hist, **kwargs)
         metrics[label] = {
-            **evaluate_scorer(test_scores, test_hist, test_target, cfg.k),
+            **full_metrics(test_scores, test_hist, test_target, cfg.k),
             **_prefixed(evaluate_scorer(valid_scores, valid_hist, valid_target, cfg.k)),
         }
     logger.info(

@@ -12,9 +12,9 @@ from components.report import logic
 from components.report.config import ReportConfig
 
 METRICS = {
-    "popularity": {"hr@10": 0.05, "ndcg@10": 0.021},
-    "real_only": {"hr@10": 0.12, "ndcg@10": 0.061},
-    "real_plus_synthetic": {"hr@10": 0.14, "ndcg@10": 0.0705},
+    "popularity": {"hr@10": 0.05, "ndcg@10": 0.021, "mrr": 0.02, "coverage": 0.003},
+    "real_only": {"hr@10": 0.12, "ndcg@10": 0.061, "mrr": 0.05, "coverage": 0.21},
+    "real_plus_synthetic": {"hr@10": 0.14, "ndcg@10": 0.0705, "mrr": 0.06, "coverage": 0.25},
 }
 AUDIT = {
     "trainings": {

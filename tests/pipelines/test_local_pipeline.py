@@ -57,7 +57,13 @@ def test_audit_passes_and_deploy_runs(tmp_path, capsys):
     assert metrics["epsilon"]["total"] == pytest.approx(audit["total_epsilon"])
     assert metrics["epsilon"]["budget"] == 1000.0
     for model in ("popularity", "real_only", "real_plus_synthetic"):
-        assert 0.0 <= metrics["metrics"][model]["hr@10"] <= 1.0
+        for key in ("hr@10", "ndcg@10", "mrr", "coverage"):
+            assert 0.0 <= metrics["metrics"][model][key] <= 1.0, (model, key)
+    assert {f["feature"] for f in metrics["feature_sources"]} >= {"popularity", "country"}
+    # The generator's quality report is copied beside the run's report.
+    written = result.task_dir("generate") / "synthetic" / "quality.html"
+    assert written.is_file()
+    assert (result.run_dir / "quality.html").read_bytes() == written.read_bytes()
     assert metrics["cleaning"]["rows_kept"] > 0
     for step in ("ingest", "generate", "fuse", "train", "dp_audit", "export", "deploy"):
         assert metrics["steps"][step] > 0, step
