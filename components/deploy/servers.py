@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import ipaddress
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -192,9 +194,22 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 def port_in_use(host: str, port: int) -> bool:
     """True when something already listens on (or holds) ``host:port``."""
-    from serving.procs import port_is_free
+    family = socket.AF_INET6 if _is_ipv6(host) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR as the servers set it: a TIME_WAIT leftover is no conflict, a listener is.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
-    return not port_is_free(port, host)
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
 
 
 # Loopback requests must never go through an HTTP proxy from the environment.
