@@ -48,7 +48,14 @@ class TrainConfig(StrictModel):
     # Customer features: the customer's country (countries.json of the training set) and
     # activity (log2 bucket of earlier purchases) as embeddings added to every position.
     customer_features: bool = True
+    # With early stopping, the most epochs; otherwise the epochs trained.
     epochs: int = Field(default=5, ge=1)
+    # Without DP only: after each epoch the model is scored on the validation items (each
+    # customer's second-to-last item), training stops once this many epochs in a row have not
+    # raised validation NDCG@k, and the best epoch's weights are kept. None trains all ``epochs``.
+    # With DP it is refused: the stopping epoch would be chosen on real customers' items outside
+    # the accountant, and the noise is calibrated to the planned number of steps anyway.
+    early_stopping_patience: int | None = Field(default=None, ge=1)
     # Expected batch size: with Poisson sampling each sequence joins a step with probability
     # batch_size / n_sequences, so actual batches vary around this.
     batch_size: int = Field(default=256, ge=1)
@@ -72,5 +79,11 @@ class TrainConfig(StrictModel):
             raise ConfigError(
                 "train.tie_output=true needs train.dp.enabled=false: ghost clipping cannot "
                 "clip a layer used twice"
+            )
+        if self.early_stopping_patience is not None and self.dp.enabled:
+            raise ConfigError(
+                f"train.early_stopping_patience={self.early_stopping_patience} needs "
+                "train.dp.enabled=false: choosing the stopping epoch on real validation items "
+                "would release information outside the DP accountant; set it to null under DP"
             )
         return self

@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,9 @@ class FitResult:
     epoch_losses: list[float] = field(default_factory=list)
     # Process CPU seconds per epoch (all threads): comparable across runs on a shared machine.
     epoch_cpu_seconds: list[float] = field(default_factory=list)
+    # With early stopping: validation NDCG@k after each epoch and the epoch (1-based) kept.
+    valid_ndcg: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
 
 
 def model_config_for(cfg: TrainConfig, ts: TrainingSet) -> RecommenderConfig:
@@ -230,6 +234,7 @@ def fit(
     n_units: int,
     delta: float,
     training: str,
+    validate: Callable[[SequentialRecommender], float] | None = None,
 ) -> FitResult:
     """Train one recommender on ``dataset`` (one record per sequence), DP unless disabled.
 
@@ -242,10 +247,22 @@ def fit(
         n_units: real customers among the records (the privacy unit count).
         delta: the DP delta.
         training: the name written into the privacy record.
+        validate: scores an eval-mode model on validation cases (higher is better); with
+            ``cfg.early_stopping_patience`` it is called after every epoch and decides when to
+            stop and which epoch's weights to keep. Needed exactly when patience is set.
 
     Returns:
         The trained model (a plain module, without Opacus hooks) and its privacy record.
+
+    Raises:
+        ConfigError: early stopping is configured without ``validate``, or with DP.
     """
+    patience = cfg.early_stopping_patience
+    if patience is not None and (validate is None or cfg.dp.enabled):
+        raise ConfigError(
+            f"train.early_stopping_patience={patience} needs a validation scorer and DP off "
+            f"(dp.enabled={cfg.dp.enabled}, scorer given: {validate is not None})"
+        )
     torch.manual_seed(seed)
     mcfg = model_config_for(cfg, ts)
     model = build_model(mcfg, ts.text_embeddings, ts.price_bands)
@@ -313,6 +330,10 @@ def fit(
     )
 
     result_times, result_losses, result_cpu = [], [], []
+    valid_ndcg: list[float] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int | None = None
+    epochs_run = 0
     for epoch in range(cfg.epochs):
         started, cpu_started = time.perf_counter(), time.process_time()
         total, count = 0.0, 0
@@ -351,9 +372,37 @@ def fit(
             result_times[-1],
             result_cpu[-1],
         )
+        epochs_run = epoch + 1
+        if patience is None or validate is None:
+            continue
+
+        # Early stopping (no DP): score this epoch's weights on the validation items, keep the
+        # best, stop after `patience` epochs in a row without a gain.
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        valid_ndcg.append(
+            float(validate(build_model(mcfg, ts.text_embeddings, ts.price_bands, state).eval()))
+        )
+        if best_epoch is None or valid_ndcg[-1] > valid_ndcg[best_epoch - 1]:
+            best_state, best_epoch = state, epochs_run
+        logger.info(
+            "%s epoch %d: validation NDCG@%d %.4f (best %.4f at epoch %d)",
+            name,
+            epochs_run,
+            cfg.k,
+            valid_ndcg[-1],
+            valid_ndcg[best_epoch - 1],
+            best_epoch,
+        )
+        if epochs_run - best_epoch >= patience:
+            logger.info(
+                "%s: early stop after epoch %d, keeping epoch %d", name, epochs_run, best_epoch
+            )
+            break
+    steps = epochs_run * len(loader)
 
     # A fresh module with the trained weights: no Opacus hooks or per-sample buffers left over.
-    trained = build_model(mcfg, ts.text_embeddings, ts.price_bands, model.state_dict()).eval()
+    weights = best_state if best_state is not None else model.state_dict()
+    trained = build_model(mcfg, ts.text_embeddings, ts.price_bands, weights).eval()
     if engine is not None:
         record = _privacy_record(engine, training=training, cfg=cfg, delta=delta, n_units=n_units)
     else:
@@ -370,7 +419,31 @@ def fit(
             n_units=n_units,
             target_epsilon=None,
         )
-    return FitResult(trained, record, result_times, result_losses, result_cpu)
+    return FitResult(
+        trained, record, result_times, result_losses, result_cpu, valid_ndcg, best_epoch
+    )
+
+
+def validation_scorer(
+    ts: TrainingSet, cfg: TrainConfig
+) -> Callable[[SequentialRecommender], float]:
+    """NDCG@k of a model on the validation items (each evaluated customer's second-to-last)."""
+    ev = ts.eval_cases
+    histories = [list(h) for h in ev["history"]]
+    targets = ev["valid_item"].tolist()
+    countries = ev["country_id"].tolist() if "country_id" in ev else None
+
+    def score(model: SequentialRecommender) -> float:
+        scores = model_scores(
+            model,
+            histories,
+            country_ids=countries,
+            max_history=cfg.max_history,
+            batch_size=cfg.eval_batch_size,
+        )
+        return evaluate_scorer(scores, histories, targets, cfg.k)[f"ndcg@{cfg.k}"]
+
+    return score
 
 
 def _check_record(record: PrivacyRecord) -> None:
@@ -449,7 +522,9 @@ def run(cfg: TrainConfig, training_dir: Path, model_dir: Path, *, seed: int) -> 
         cfg.max_history,
         country_ids=ts.sequences["country_id"].tolist(),
     )
-    common = {"seed": seed, "n_units": n_real, "delta": delta}
+    common: dict[str, Any] = {"seed": seed, "n_units": n_real, "delta": delta}
+    if cfg.early_stopping_patience is not None:
+        common["validate"] = validation_scorer(ts, cfg)
     real_fit = fit(REAL_ONLY, real_data, ts, cfg, training="recommender_real_only", **common)
     fused_fit = fit(FUSED, fused_data, ts, cfg, training="recommender", **common)
     for fitted in (real_fit, fused_fit):
