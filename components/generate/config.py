@@ -94,6 +94,11 @@ class GenerateConfig(StrictModel):
     # Write synthetic/quality.html and quality.json (fidelity, utility, privacy against the
     # customers held out of training by `canaries.holdout_fraction`).
     quality_report: bool = True
+    # Epochs of the report's train-on-synthetic check with the pipeline's recommender (trained on
+    # the synthetic sessions, and once on the real training sessions for reference, both without
+    # DP; see components.generate.utility). About 5 CPU s an epoch per source on the demo data;
+    # 0 leaves it out (the first-order utility figures stay).
+    quality_recommender_epochs: int = Field(default=5, ge=0, le=100)
     # Rows decoded together when sampling; memory grows with it, speed saturates early on CPU.
     sample_batch_size: int = Field(default=500, ge=1)
     # Synthetic sequences never repeat an item, like the real ones (distinct items in order of

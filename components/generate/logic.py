@@ -36,6 +36,7 @@ from components.generate.model import build_model, load_model, load_pretrained
 from components.generate.sample import sample_sessions
 from components.generate.tokenizer import EOS_ID, VOCAB_FILE, ItemVocab, Session
 from components.generate.train import train_generator
+from components.generate.utility import recommender_utility
 from components.ingest import countries as public_countries
 
 logger = logging.getLogger(__name__)
@@ -423,6 +424,17 @@ def _quality(
         for items in held_sequences["items"]
         if len(items) >= 2 and str(items[-1]) in held_ids
     ]
+    recommender = None
+    if cfg.quality_recommender_epochs:
+        recommender = recommender_utility(
+            synthetic,
+            train_sessions,
+            next_item_cases,
+            catalogue=vocab.item_ids,
+            bands=bands,
+            epochs=cfg.quality_recommender_epochs,
+            seed=seed,
+        )
     report = quality.evaluate(
         synthetic=synthetic,
         train=train_sessions,
@@ -431,6 +443,7 @@ def _quality(
         catalogue=vocab.item_ids,
         max_items=vocab.max_items,
         seed=seed,
+        recommender=recommender,
     )
     quality.write(out_dir, report)
     headline = quality.headline(report)

@@ -249,8 +249,13 @@ def evaluate(
     catalogue: Sequence[str],
     max_items: int,
     seed: int,
+    recommender: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """All quality figures as one JSON-able dict (plots' data under ``"_plots"``)."""
+    """All quality figures as one JSON-able dict (plots' data under ``"_plots"``).
+
+    ``recommender`` is :func:`components.generate.utility.recommender_utility`'s result, kept
+    under ``"utility_recommender"`` (None: not measured).
+    """
     rng = np.random.default_rng([seed, 11])
     n_ref = min(len(train), max(len(synthetic), 1))
     reference = [train[i] for i in rng.choice(len(train), size=n_ref, replace=False)]
@@ -264,6 +269,7 @@ def evaluate(
         "n_held_out_sessions": len(held_out),
         "fidelity": {"synthetic": fid, "real_reference": fid_ref},
         "utility": utility(synthetic, train, next_item_cases),
+        "utility_recommender": recommender,
         "privacy": priv,
         "_plots": {
             "synthetic": synthetic,
@@ -290,6 +296,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     fid = report["fidelity"]["synthetic"]
     util = report["utility"]
     priv = report["privacy"]
+    rec = report.get("utility_recommender") or {}
     return {
         "jsd_item_popularity": _r(fid["jsd_item_popularity"]),
         "jsd_length": _r(fid["jsd_length"]),
@@ -307,6 +314,12 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "hr@10_real_only": _r(util["real_only"]["hr@10"]),
         "ndcg@10_synthetic_only": _r(util["synthetic_only"]["ndcg@10"]),
         "ndcg@10_real_only": _r(util["real_only"]["ndcg@10"]),
+        # the pipeline's recommender trained on each source (None when not measured)
+        "rec_hr@10_synthetic_only": _r(rec.get("synthetic_only", {}).get("hr@10")),
+        "rec_hr@10_real_only": _r(rec.get("real_only", {}).get("hr@10")),
+        "rec_hr@10_popularity": _r(rec.get("popularity", {}).get("hr@10")),
+        "rec_ndcg@10_synthetic_only": _r(rec.get("synthetic_only", {}).get("ndcg@10")),
+        "rec_ndcg@10_real_only": _r(rec.get("real_only", {}).get("ndcg@10")),
         "exact_copy_rate_train": _r(priv["exact_copy_rate_train"]),
         "exact_copy_rate_held_out": _r(priv["exact_copy_rate_held_out"]),
         "near_copy_rate_train": _r(priv["near_copy_rate_train"]),
@@ -394,7 +407,9 @@ def _plots(data: dict[str, Any]) -> list[tuple[str, str]]:
     return figures
 
 
-def _table(rows: list[tuple[str, Any, Any]], headers: tuple[str, str, str]) -> str:
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """An escaped table: a name column, then one formatted cell per value."""
+
     def cell(v: Any) -> str:
         if v is None:
             return "n/a"
@@ -404,8 +419,10 @@ def _table(rows: list[tuple[str, Any, Any]], headers: tuple[str, str, str]) -> s
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{cell(a)}</td><td>{cell(b)}</td></tr>"
-        for name, a, b in rows
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{cell(v)}</td>" for v in values)
+        + "</tr>"
+        for name, *values in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -469,6 +486,7 @@ def render_html(report: dict[str, Any], figures: list[tuple[str, str]]) -> str:
         + f"<h2>Utility</h2><p>{html.escape(util['model'])}, scored on {util['n_cases']} "
         "held-out customers' last item.</p>"
         + _table(util_rows, ("metric", "trained on synthetic", "trained on real"))
+        + _recommender_section(report.get("utility_recommender"))
         + f"<h2>Privacy</h2><p>Synthetic sessions of at least {priv['min_items']} items "
         f"({priv['n_sessions_checked']}) against {priv['n_reference_sessions']} training and "
         f"as many held-out sessions; near copy: Jaccard at least {priv['near_copy_jaccard']}."
@@ -477,6 +495,27 @@ def render_html(report: dict[str, Any], figures: list[tuple[str, str]]) -> str:
         + "<h2>Plots</h2>"
         + imgs
         + "</body></html>\n"
+    )
+
+
+def _recommender_section(rec: dict[str, Any] | None) -> str:
+    """The train-on-synthetic table of the pipeline's recommender ('' when not measured)."""
+    if not rec:
+        return ""
+    rows = [
+        (
+            metric,
+            rec["synthetic_only"].get(key),
+            rec["real_only"].get(key),
+            rec["popularity"].get(key),
+        )
+        for metric, key in (("HR@10", "hr@10"), ("NDCG@10", "ndcg@10"))
+    ]
+    return (
+        f"<h3>With the pipeline's recommender</h3><p>{html.escape(rec['model'])}; "
+        f"{rec['n_cases']} held-out cases. Popularity is counted over the real training "
+        "sessions.</p>"
+        + _table(rows, ("metric", "trained on synthetic", "trained on real", "popularity"))
     )
 
 

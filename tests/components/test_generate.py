@@ -30,6 +30,7 @@ from components.generate.tokenizer import (
     month_token,
 )
 from components.generate.train import IGNORE, SequenceLoss, pack_records, train_generator
+from components.generate.utility import recommender_utility
 
 N_CUSTOMERS = 240
 N_ITEMS = 150
@@ -467,6 +468,16 @@ def test_quality_report_is_one_self_contained_file(dp_run: tuple[dict, Path, Pat
     assert page.count('src="data:image/png;base64,') == 5
     assert not re.search(r'src="(?!data:)', page)
     assert "<h2>Utility</h2>" in page and "<h2>Privacy</h2>" in page
+    # the train-on-synthetic check with the pipeline's recommender (default on)
+    rec = report["utility_recommender"]
+    assert rec["n_cases"] == util["n_cases"]
+    assert rec["synthetic_only"]["n_sequences"] > 0 and rec["real_only"]["n_sequences"] > 0
+    for source in ("synthetic_only", "real_only", "popularity"):
+        assert 0.0 <= rec[source]["hr@10"] <= 1.0
+    assert summary["quality"]["rec_hr@10_real_only"] == pytest.approx(
+        rec["real_only"]["hr@10"], abs=1e-4
+    )
+    assert "With the pipeline's recommender" in page
 
 
 def test_jsd_is_zero_for_equal_and_one_for_disjoint() -> None:
@@ -493,6 +504,32 @@ def test_utility_scores_the_next_item_model() -> None:
     assert out["real_only"]["hr@10"] == pytest.approx(2 / 3)
     assert out["real_only"]["ndcg@10"] == pytest.approx(2 / 3)  # both hits at rank 1
     assert out["hr_ratio"] == pytest.approx(1.0)
+
+
+def test_recommender_utility_rewards_sessions_that_keep_real_transitions() -> None:
+    """Synthetic sessions that follow the real chains teach the recommender; shuffled ones not."""
+    catalogue = [f"i{n:02d}" for n in range(30)]
+    # Real behaviour: ten chains of three items, a -> b -> c.
+    chains = [catalogue[3 * c : 3 * c + 3] for c in range(10)]
+    train = [Session("F", list(chain)) for chain in chains for _ in range(8)]
+    cases = [([chain[0], chain[1]], chain[2]) for chain in chains] + [
+        ([chain[0]], chain[1]) for chain in chains
+    ]
+    faithful = [Session("F", list(chain)) for chain in chains for _ in range(8)]
+    rng = np.random.default_rng(0)
+    shuffled = [Session("F", list(rng.choice(catalogue, size=3, replace=False))) for _ in range(80)]
+    good = recommender_utility(
+        faithful, train, cases, catalogue=catalogue, bands=None, epochs=30, seed=0
+    )
+    bad = recommender_utility(
+        shuffled, train, cases, catalogue=catalogue, bands=None, epochs=30, seed=0
+    )
+    assert good["n_cases"] == 20
+    assert good["synthetic_only"]["hr@10"] >= 0.9
+    assert good["real_only"]["hr@10"] >= 0.9
+    assert bad["synthetic_only"]["ndcg@10"] < good["synthetic_only"]["ndcg@10"] - 0.3
+    # popularity is flat here (every item bought 8 times): a third of the catalogue fits in 10
+    assert good["popularity"]["hr@10"] < 0.6
 
 
 def test_non_dp_training_records_no_guarantee(cleaned: Path, tmp_path: Path) -> None:
