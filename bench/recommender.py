@@ -96,6 +96,16 @@ SESSION_UNIT = {"diginetica"}
 # The verdict rule of synthetic_effect: at least this many paired seeds, and |mean| above this
 # many sample standard deviations of the paired differences.
 EFFECT_MIN_SEEDS = 3
+# Published figures the non-private real-only model is held against: SASRec on Amazon Beauty,
+# leave-last-out, the target against 99 sampled negatives, as reproduced in the S3-Rec paper
+# (Zhou et al., CIKM 2020).
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "amazon_beauty": {
+        "model": "SASRec as reproduced in S3-Rec (99 sampled negatives)",
+        "protocol": "leave_last_out",
+        "sampled": {"hr@10": 0.4696, "ndcg@10": 0.3156},
+    }
+}
 EFFECT_STD_FACTOR = 2.0
 
 # Recommender settings per dataset: Beauty uses SASRec's published shape (max length 50,
@@ -759,6 +769,42 @@ def step_time(results: dict[str, Any]) -> dict[str, Any]:
 # One block.
 
 
+def published_comparison(results: dict[str, Any]) -> dict[str, Any]:
+    """The non-private real-only model's sampled figures against ``PUBLISHED``, per dataset."""
+    out: dict[str, Any] = {}
+    for dataset, ref in PUBLISHED.items():
+        block = results.get("datasets", {}).get(dataset, {}).get(ref["protocol"], {})
+        row = block.get("real_only", {}).get("none", {})
+        sampled = row.get("sampled", {})
+        if not all(isinstance(sampled.get(m), dict) for m in ref["sampled"]):
+            continue
+        ours = {m: sampled[m]["mean"] for m in ref["sampled"]}
+        out[dataset] = {
+            "model": ref["model"],
+            "protocol": ref["protocol"],
+            "published": ref["sampled"],
+            "ours": ours,
+            "ours_std": {m: sampled[m]["std"] for m in ref["sampled"]},
+            "n_seeds": row.get("n_seeds"),
+            "difference": {m: ours[m] - v for m, v in ref["sampled"].items()},
+            "reaches_published": all(ours[m] >= v for m, v in ref["sampled"].items()),
+        }
+    return out
+
+
+def format_published(results: dict[str, Any]) -> str:
+    """One line per dataset: our sampled HR@10 / NDCG@10 against the published figure."""
+    lines = []
+    for dataset, c in published_comparison(results).items():
+        parts = [
+            f"{m} {c['ours'][m]:.4f}+-{c['ours_std'][m]:.4f} vs {c['published'][m]:.4f} "
+            f"({c['difference'][m]:+.4f})"
+            for m in c["published"]
+        ]
+        lines.append(f"{dataset} real_only none, sampled: " + ", ".join(parts) + f" [{c['model']}]")
+    return "\n".join(lines) or "(no dataset with a published figure in these results)"
+
+
 def _used(
     args: argparse.Namespace,
     cfg: TrainConfig,
@@ -1185,6 +1231,7 @@ class _Results:
         r["protocol_notes"] = PROTOCOL_NOTES
         r["customer_features"] = customer_features_supported()
         r["step_time"] = step_time(r)
+        r["published_comparison"] = published_comparison(r)
         written = r
         if self.previous is not None:
             # Runs of different datasets/protocols add up in one file.
@@ -1196,6 +1243,7 @@ class _Results:
                 {"settings": r["settings"], "wall_seconds": r["wall_seconds"]}
             )
             written["step_time"] = step_time(written)
+            written["published_comparison"] = published_comparison(written)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(written, indent=1, default=float))
@@ -1424,15 +1472,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--merge", action="store_true", help="merge into an existing --out file")
+    p.add_argument(
+        "--show",
+        action="store_true",
+        help="print the tables of an existing --out file, run nothing",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _configure_logging()
-    torch.set_num_threads(args.threads)
-    logger.info("settings: %s", {k: v for k, v in vars(args).items()})
-    written = run_table(args)
+    if args.show:
+        out = Path(args.out)
+        if not out.is_file():
+            print(f"--show: no results file at {out}", file=sys.stderr)
+            return 2
+        written = json.loads(out.read_text())
+    else:
+        torch.set_num_threads(args.threads)
+        logger.info("settings: %s", {k: v for k, v in vars(args).items()})
+        written = run_table(args)
     print(format_header(written))
     print(format_table(written))
     print()
@@ -1441,6 +1501,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("# training step time (mean over rows)")
     print(format_step_time(written))
+    print()
+    print("# against published figures")
+    print(format_published(written))
     print(f"wall time {written['wall_seconds']:.0f} s; results in {args.out}")
     return 0
 

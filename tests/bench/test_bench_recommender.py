@@ -198,3 +198,39 @@ def test_parallel_table_merges_blocks_and_skips_missing_data(
     table = br.format_table(on_disk)
     assert "online_retail" in table and "popularity" in table
     assert not math.isnan(pop["sampled"]["hr@10"]["mean"])
+
+
+def _beauty_results(hr: float, ndcg: float) -> dict:
+    sampled = {"hr@10": {"mean": hr, "std": 0.001}, "ndcg@10": {"mean": ndcg, "std": 0.002}}
+    row = {"n_seeds": 3, "sampled": sampled}
+    return {"datasets": {"amazon_beauty": {"leave_last_out": {"real_only": {"none": row}}}}}
+
+
+def test_published_comparison_states_the_gap() -> None:
+    above = br.published_comparison(_beauty_results(0.5061, 0.3425))["amazon_beauty"]
+    assert above["published"] == {"hr@10": 0.4696, "ndcg@10": 0.3156}
+    assert above["difference"]["hr@10"] == pytest.approx(0.0365)
+    assert above["difference"]["ndcg@10"] == pytest.approx(0.0269)
+    assert above["reaches_published"] is True
+    # HR above, NDCG below: not reached
+    mixed = br.published_comparison(_beauty_results(0.48, 0.30))["amazon_beauty"]
+    assert mixed["reaches_published"] is False
+    assert mixed["difference"]["ndcg@10"] == pytest.approx(-0.0156)
+    # no Beauty row, no comparison
+    assert br.published_comparison({"datasets": {}}) == {}
+    line = br.format_published(_beauty_results(0.5061, 0.3425))
+    assert "hr@10 0.5061+-0.0010 vs 0.4696 (+0.0365)" in line
+
+
+def test_show_prints_an_existing_file_and_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    results = _beauty_results(0.5061, 0.3425)
+    results.update({"settings": {}, "wall_seconds": 12.0, "skipped": {}})
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(results))
+    assert br.main(["--show", "--out", str(out), "--cache", str(tmp_path / "none")]) == 0
+    printed = capsys.readouterr().out
+    assert "vs 0.4696 (+0.0365)" in printed
+    assert not (tmp_path / "none").exists()
+    assert br.main(["--show", "--out", str(tmp_path / "missing.json")]) == 2
