@@ -201,7 +201,8 @@ PROTOCOL_NOTES = {
     "synthetic_effect": "real_plus_synthetic minus real_only at the same epsilon, paired by "
     f"seed; std is the sample std (ddof 1) of the paired differences; verdict 'helps' if mean > "
     f"{EFFECT_STD_FACTOR:g} x std, 'hurts' if mean < -{EFFECT_STD_FACTOR:g} x std, else 'no clear "
-    f"difference'; 'too few seeds' under {EFFECT_MIN_SEEDS} pairs. At an epsilon, "
+    f"difference'; 'too few seeds' under {EFFECT_MIN_SEEDS} pairs ('no test cases' for an empty "
+    "slice). At an epsilon, "
     "real_plus_synthetic spends the generator's epsilon too",
     "diginetica": "the privacy unit is the session (customer_id s<session_id>): 62 % of views "
     "are anonymous and cannot be linked; in this sample every known user_id has exactly one "
@@ -696,13 +697,16 @@ def effect_verdict(diffs: Sequence[float]) -> dict[str, Any]:
     """Mean and sample std of paired differences and the verdict by the stated rule.
 
     ``helps`` when mean > EFFECT_STD_FACTOR x std, ``hurts`` when mean < -EFFECT_STD_FACTOR x
-    std, else ``no clear difference``; ``too few seeds`` with fewer than EFFECT_MIN_SEEDS pairs.
+    std, else ``no clear difference``; ``too few seeds`` with fewer than EFFECT_MIN_SEEDS pairs,
+    ``no test cases`` with none (an empty slice).
     """
     xs = np.asarray(list(diffs), dtype=np.float64)
     n = int(xs.size)
     mean = float(xs.mean()) if n else math.nan
     std = float(xs.std(ddof=1)) if n > 1 else math.nan
-    if n < EFFECT_MIN_SEEDS:
+    if n == 0:
+        verdict = "no test cases"  # the slice is empty in this block
+    elif n < EFFECT_MIN_SEEDS:
         verdict = "too few seeds"
     elif mean > EFFECT_STD_FACTOR * std:
         verdict = "helps"
@@ -1030,11 +1034,19 @@ def format_header(results: dict[str, Any]) -> str:
             "synthetic rows is the recommender's only"
         ),
         "epochs: "
-        + "; ".join(
-            f"{d} {TRAIN_SETTINGS[d].get('epochs', 5)} (DP {_dp_epochs(d)})"
-            for d in s.get("datasets", DATASETS)
-        )
-        + (f"; all overridden to {s['epochs']}" if s.get("epochs") else ""),
+        + (
+            f"all fixed to {s['epochs']}"
+            if s.get("epochs")
+            else "; ".join(
+                f"{d} without DP early-stopped on validation NDCG@10 (at most "
+                f"{EARLY_STOPPING[d]['epochs']}, "
+                f"patience {EARLY_STOPPING[d]['early_stopping_patience']}), "
+                f"DP {_dp_epochs(d)}, synthetic_only at an epsilon "
+                f"{TRAIN_SETTINGS[d].get('epochs', 5)}"
+                for d in s.get("datasets", DATASETS)
+                if d in EARLY_STOPPING
+            )
+        ),
         f"DP rows change {DP_SETTINGS}; subsample blocks change {SUBSAMPLE_SETTINGS}; "
         "customer features (country, activity) "
         + ("on" if results.get("customer_features") else "off"),
@@ -1049,7 +1061,7 @@ def format_header(results: dict[str, Any]) -> str:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """The results as a plain-text table (mean +- std over seeds)."""
+    """The results as a plain-text table (mean +- population std over seeds)."""
     lines = [
         f"{'dataset':22} {'protocol':15} {'model':20} {'eps':5} {'slice':10} "
         f"{'HR@10':>15} {'NDCG@10':>15} {'MRR':>15} {'cov':>6} {'sampledHR':>9} {'seeds':>5}"
@@ -1063,9 +1075,11 @@ def format_table(results: dict[str, Any]) -> str:
                         if "hr@10" not in m:
                             continue
 
-                        def cell(key: str, m: dict = m) -> str:
+                        def cell(key: str, m: dict = m, seeds: int = row.get("n_seeds", 1)) -> str:
                             v = m[key]
-                            return f"{v['mean']:.4f}+-{v['std']:.4f}"
+                            # one run (the baselines): no spread to show
+                            spread = f"+-{v['std']:.4f}" if seeds > 1 else " " * 7
+                            return f"{v['mean']:.4f}{spread}"
 
                         sampled = row["sampled"]["hr@10"]["mean"] if slice_name == "all" else None
                         lines.append(
@@ -1494,9 +1508,17 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("settings: %s", {k: v for k, v in vars(args).items()})
         written = run_table(args)
     print(format_header(written))
+    print(
+        "# mean +- std over seeds (no spread shown for one run); eps 'none' = no DP; "
+        "sampledHR = HR@10 of the target against 99 sampled negatives (papers' protocol)"
+    )
     print(format_table(written))
     print()
-    print("# synthetic_effect: real_plus_synthetic minus real_only, paired by seed")
+    print(
+        "# synthetic_effect: real_plus_synthetic minus real_only, paired by seed; 'helps' / "
+        f"'hurts' when |mean| > {EFFECT_STD_FACTOR:g} x the sample std of the differences "
+        f"(at least {EFFECT_MIN_SEEDS} seeds)"
+    )
     print(format_effect_table(written))
     print()
     print("# training step time (mean over rows)")

@@ -234,3 +234,8 @@ def test_show_prints_an_existing_file_and_runs_nothing(
     assert "vs 0.4696 (+0.0365)" in printed
     assert not (tmp_path / "none").exists()
     assert br.main(["--show", "--out", str(tmp_path / "missing.json")]) == 2
+
+
+def test_an_empty_slice_says_so_rather_than_too_few_seeds() -> None:
+    assert br.effect_verdict([])["verdict"] == "no test cases"
+    assert br.effect_verdict([0.1])["verdict"] == "too few seeds"
