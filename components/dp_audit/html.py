@@ -92,6 +92,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _worst(audit: dict[str, Any], key: str) -> str:
+    """The suffix naming the model a worst-case headline figure was taken from."""
+    model = audit.get(f"{key}_model")
+    return f" (worst: {model})" if model else ""
+
+
 def render(
     audit: dict[str, Any],
     canary_results: dict[str, dict[str, Any]],
@@ -113,10 +119,20 @@ def render(
                 ["failed checks", ", ".join(audit["failed_checks"]) or "none"],
                 ["accountant epsilon (composed)", _fmt(audit["accountant_epsilon"])],
                 ["epsilon budget", _fmt(audit["epsilon_budget"])],
-                ["empirical epsilon lower bound", _fmt(audit["empirical_epsilon_lower_bound"])],
-                ["membership attack AUC", _fmt(audit["mia_auc"])],
-                ["TPR at 0.1% FPR", _fmt(audit["mia_tpr_at_0.1pct_fpr"])],
-                ["TPR at 1% FPR", _fmt(audit["mia_tpr_at_1pct_fpr"])],
+                [
+                    "empirical epsilon lower bound"
+                    + _worst(audit, "empirical_epsilon_lower_bound"),
+                    _fmt(audit["empirical_epsilon_lower_bound"]),
+                ],
+                ["membership attack AUC" + _worst(audit, "mia_auc"), _fmt(audit["mia_auc"])],
+                [
+                    "TPR at 0.1% FPR" + _worst(audit, "mia_tpr_at_0.1pct_fpr"),
+                    _fmt(audit["mia_tpr_at_0.1pct_fpr"]),
+                ],
+                [
+                    "TPR at 1% FPR" + _worst(audit, "mia_tpr_at_1pct_fpr"),
+                    _fmt(audit["mia_tpr_at_1pct_fpr"]),
+                ],
                 ["synthetic copy rate", _fmt(audit["copy_rate"])],
                 ["copy rate of held-out sessions", _fmt(audit["copy_rate_baseline"])],
             ],

@@ -426,27 +426,37 @@ def country_vocabulary_check(
 
 
 def _summary(checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The headline figures of the empirical checks (worst case over the models)."""
+    """The headline figures of the empirical checks (worst case over the models).
+
+    Each worst case may come from a different model, so each figure's ``*_model`` key names
+    the model it was taken from ("generator" or "recommender").
+    """
     by_name = {c["name"]: c.get("figures") or {} for c in checks}
-    bounds = [
-        by_name[n]["epsilon_lower_bound"]
-        for n in ("generator_canary_bound", "recommender_canary_bound")
-        if "epsilon_lower_bound" in by_name.get(n, {})
-    ]
-    attacks_run = [
-        by_name[n]
-        for n in ("generator_membership_inference", "recommender_membership_inference")
-        if "auc" in by_name.get(n, {})
-    ]
-    worst = max(attacks_run, key=lambda f: f["auc"]) if attacks_run else {}
+
+    def worst(prefix: str, key: str) -> tuple[Any, str | None, dict[str, Any]]:
+        found = [
+            (by_name[f"{model}_{prefix}"][key], model, by_name[f"{model}_{prefix}"])
+            for model in ("generator", "recommender")
+            if by_name.get(f"{model}_{prefix}", {}).get(key) is not None
+        ]
+        return max(found, key=lambda f: f[0]) if found else (None, None, {})
+
+    bound, bound_model, _ = worst("canary_bound", "epsilon_lower_bound")
+    auc, auc_model, attack = worst("membership_inference", "auc")
+    tpr01, tpr01_model, _ = worst("membership_inference", "tpr_at_0.1pct_fpr")
+    tpr1, tpr1_model, _ = worst("membership_inference", "tpr_at_1pct_fpr")
     copies = by_name.get("synthetic_copies", {})
     return {
-        "empirical_epsilon_lower_bound": max(bounds) if bounds else None,
-        "mia_auc": worst.get("auc"),
-        "mia_tpr_at_0.1pct_fpr": max((f["tpr_at_0.1pct_fpr"] for f in attacks_run), default=None),
-        "mia_tpr_at_1pct_fpr": max((f["tpr_at_1pct_fpr"] for f in attacks_run), default=None),
-        "mia_n_members": worst.get("n_members"),
-        "mia_n_non_members": worst.get("n_non_members"),
+        "empirical_epsilon_lower_bound": bound,
+        "empirical_epsilon_lower_bound_model": bound_model,
+        "mia_auc": auc,
+        "mia_auc_model": auc_model,
+        "mia_tpr_at_0.1pct_fpr": tpr01,
+        "mia_tpr_at_0.1pct_fpr_model": tpr01_model,
+        "mia_tpr_at_1pct_fpr": tpr1,
+        "mia_tpr_at_1pct_fpr_model": tpr1_model,
+        "mia_n_members": attack.get("n_members"),
+        "mia_n_non_members": attack.get("n_non_members"),
         "copy_rate": copies.get("copy_rate"),
         "copy_rate_baseline": copies.get("baseline_rate"),
     }

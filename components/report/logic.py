@@ -50,6 +50,11 @@ EMPIRICAL_KEYS = (
     "mia_n_non_members",
     "copy_rate",
     "copy_rate_baseline",
+    # which model each worst-case figure came from (absent in older audits)
+    "empirical_epsilon_lower_bound_model",
+    "mia_auc_model",
+    "mia_tpr_at_0.1pct_fpr_model",
+    "mia_tpr_at_1pct_fpr_model",
 )
 
 
@@ -253,11 +258,25 @@ def _sections(cfg: ReportConfig, figures: dict[str, Any]) -> list[tuple[str, lis
     verdict_rows = [["DP audit", verdict], ["deployment", deployment]]
     verdict_rows += [[f"failed check: {c['name']}", c["detail"]] for c in failed]
     emp = figures.get("empirical_audit") or {}
+
+    def worst_of(key: str) -> str:
+        model = emp.get(f"{key}_model")
+        return f", worst model: {model}" if model else ""
+
     sample = (
-        f" ({emp['mia_n_members']} members, {emp['mia_n_non_members']} held out)"
+        f" ({emp['mia_n_members']} members, {emp['mia_n_non_members']} held out"
+        f"{worst_of('mia_auc')})"
         if emp.get("mia_n_members") is not None
         else ""
     )
+    # With n held-out customers the smallest false-positive rate an attack can show is 1/n.
+    n_held = emp.get("mia_n_non_members")
+    floor = f"resolves to 1/{n_held}" if n_held and n_held < 1000 else ""
+
+    def tpr_label(rate: str, key: str, *extra: str) -> str:
+        notes = [n for n in (worst_of(key)[2:], *extra) if n]
+        return f"attack TPR at {rate} FPR" + (f" ({'; '.join(notes)})" if notes else "")
+
     return [
         ("Verdict", ["item", "value"], verdict_rows),
         (
@@ -266,12 +285,16 @@ def _sections(cfg: ReportConfig, figures: dict[str, Any]) -> list[tuple[str, lis
             [
                 ["accountant epsilon (composed)", _fmt(emp.get("accountant_epsilon"))],
                 [
-                    "empirical epsilon lower bound (95 %, canaries)",
+                    "empirical epsilon lower bound (95 %, canaries"
+                    f"{worst_of('empirical_epsilon_lower_bound')})",
                     _fmt(emp.get("empirical_epsilon_lower_bound")),
                 ],
                 [f"membership attack AUC{sample}", _fmt(emp.get("mia_auc"))],
-                ["attack TPR at 0.1 % FPR", _fmt(emp.get("mia_tpr_at_0.1pct_fpr"))],
-                ["attack TPR at 1 % FPR", _fmt(emp.get("mia_tpr_at_1pct_fpr"))],
+                [
+                    tpr_label("0.1 %", "mia_tpr_at_0.1pct_fpr", floor),
+                    _fmt(emp.get("mia_tpr_at_0.1pct_fpr")),
+                ],
+                [tpr_label("1 %", "mia_tpr_at_1pct_fpr"), _fmt(emp.get("mia_tpr_at_1pct_fpr"))],
                 ["synthetic copies of training sessions", _fmt(emp.get("copy_rate"))],
                 ["same rate for held-out sessions", _fmt(emp.get("copy_rate_baseline"))],
                 ["details", "audit.html and audit.json beside this report"],

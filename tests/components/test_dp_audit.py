@@ -221,3 +221,25 @@ def test_published_real_only_baseline_is_composed_too(tmp_path):
     assert result["total_delta"] == pytest.approx(3e-5)
     assert _check(result, "total_within_budget")["passed"] is False
     assert result["passed"] is False
+
+
+def test_summary_names_the_model_of_each_worst_case() -> None:
+    from components.dp_audit.logic import _summary
+
+    def mia(auc: float, low: float, high: float, n: int) -> dict:
+        figures = {"auc": auc, "tpr_at_0.1pct_fpr": low, "tpr_at_1pct_fpr": high}
+        return {**figures, "n_members": n, "n_non_members": 30}
+
+    checks = [
+        {"name": "generator_membership_inference", "figures": mia(0.50, 0.02, 0.01, 100)},
+        {"name": "recommender_membership_inference", "figures": mia(0.55, 0.00, 0.05, 200)},
+        {"name": "generator_canary_bound", "figures": {"epsilon_lower_bound": 0.4}},
+        {"name": "recommender_canary_bound", "figures": {"epsilon_lower_bound": 0.1}},
+    ]
+    s = _summary(checks)
+    assert (s["mia_auc"], s["mia_auc_model"], s["mia_n_members"]) == (0.55, "recommender", 200)
+    assert (s["mia_tpr_at_0.1pct_fpr"], s["mia_tpr_at_0.1pct_fpr_model"]) == (0.02, "generator")
+    assert (s["mia_tpr_at_1pct_fpr"], s["mia_tpr_at_1pct_fpr_model"]) == (0.05, "recommender")
+    assert s["empirical_epsilon_lower_bound"] == 0.4
+    assert s["empirical_epsilon_lower_bound_model"] == "generator"
+    assert _summary([])["mia_auc_model"] is None

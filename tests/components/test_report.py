@@ -246,3 +246,32 @@ def test_feature_sources_that_are_not_an_object_are_an_input_error(tmp_path, dir
     (dirs["training_dir"] / "step.json").write_text(json.dumps(record), encoding="utf-8")
     with pytest.raises(InputError, match="feature_sources"):
         logic.run(ReportConfig(), out_dir=tmp_path / "report", **dirs)
+
+
+def test_audit_headline_rows_name_the_model_each_worst_case_came_from(tmp_path, dirs):
+    audit = {
+        **AUDIT,
+        "empirical_epsilon_lower_bound": 0.0,
+        "empirical_epsilon_lower_bound_model": "generator",
+        "mia_auc": 0.537,
+        "mia_auc_model": "recommender",
+        "mia_tpr_at_0.1pct_fpr": 0.0007,
+        "mia_tpr_at_0.1pct_fpr_model": "generator",
+        "mia_tpr_at_1pct_fpr": 0.017,
+        "mia_tpr_at_1pct_fpr_model": "recommender",
+        "mia_n_members": 2864,
+        "mia_n_non_members": 309,
+    }
+    (dirs["audit_dir"] / "audit.json").write_text(json.dumps(audit))
+    out = tmp_path / "report"
+    logic.run(ReportConfig(), out_dir=out, **dirs, **_deployment(tmp_path))
+    page = (out / "report.md").read_text()
+    assert (
+        "| membership attack AUC (2864 members, 309 held out, worst model: recommender) | 0.537 |"
+        in page
+    )
+    assert (
+        "| attack TPR at 0.1 % FPR (worst model: generator; resolves to 1/309) | 0.0007 |" in page
+    )
+    assert "| attack TPR at 1 % FPR (worst model: recommender) | 0.017 |" in page
+    assert "canaries, worst model: generator) | 0 |" in page
