@@ -511,10 +511,19 @@ def _recommender_section(rec: dict[str, Any] | None) -> str:
         )
         for metric, key in (("HR@10", "hr@10"), ("NDCG@10", "ndcg@10"))
     ]
+    sizes = (
+        rec["synthetic_only"].get("n_sequences"),
+        rec["real_only"].get("n_sequences"),
+    )
     return (
         f"<h3>With the pipeline's recommender</h3><p>{html.escape(rec['model'])}; "
+        f"trained on {sizes[0]} synthetic and {sizes[1]} real sequences, scored on "
         f"{rec['n_cases']} held-out cases. Popularity is counted over the real training "
-        "sessions.</p>"
+        "sessions. This is a budget check: without item content and with few epochs the "
+        "recommender scores below the first-order model above even on real sessions, so read "
+        "the columns against each other (does the synthetic column reach popularity? the real "
+        "one?), not against the table above. The recommender's own benchmark "
+        "(make bench-recommender) measures it fully trained.</p>"
         + _table(rows, ("metric", "trained on synthetic", "trained on real", "popularity"))
     )
 
