@@ -47,6 +47,8 @@ class Submission:
     package: str | None
     enable_caching: bool
     arguments: dict[str, Any]
+    # What in the config looks local (see cluster_warnings); printed, not refused.
+    warnings: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """What would be sent, without secrets (the token appears as its variable's name)."""
@@ -71,6 +73,24 @@ def check_host(host: str) -> str:
     except ValueError as exc:
         raise ConfigError(f"--host {host!r} has an invalid port: {exc}") from exc
     return host.rstrip("/")
+
+
+def cluster_warnings(cfg: Any) -> list[str]:
+    """Settings of a run config that suit a local run but not a cluster run, in words."""
+    out = []
+    if cfg.deploy.start_servers:
+        out.append(
+            "deploy.start_servers is true: the deploy step would start server processes inside "
+            "its own pod instead of leaving serving to the InferenceServices; set it to false"
+        )
+    ledger = str(cfg.run.ledger_path)
+    if not ledger.startswith("/"):
+        out.append(
+            f"run.ledger_path {ledger!r} is relative: every pod would start an empty ledger, so "
+            "the lifetime epsilon budget would not hold across runs; compile with --ledger-pvc "
+            "and set /mnt/recsynth-ledger/privacy-ledger.jsonl"
+        )
+    return out
 
 
 def build_submission(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Submission:
@@ -119,6 +139,7 @@ def build_submission(args: argparse.Namespace, environ: dict[str, str] | None = 
         package=args.package,
         enable_caching=args.enable_caching,
         arguments={"config": pipeline_arguments(cfg), "source": args.source, "run_id": run_name},
+        warnings=tuple(cluster_warnings(cfg)),
     )
 
 
@@ -180,6 +201,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for warning in submission.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(json.dumps(submission.describe(), indent=2, sort_keys=True))
         return 0

@@ -106,3 +106,23 @@ def test_package_switches_method(tmp_path, capsys):
     assert code == 0
     assert sent["method"] == "create_run_from_pipeline_package"
     assert sent["package"] == str(package)
+
+
+def test_local_settings_are_warned_about(capsys):
+    demo = str(Path(TEST_CONFIG).with_name("demo.yaml"))
+    code, sent, err = _dry(capsys, "--config", demo)
+    assert code == 0
+    assert "warning: deploy.start_servers is true" in err
+    assert "warning: run.ledger_path 'runs/privacy-ledger.jsonl' is relative" in err
+    assert len(sent["warnings"]) == 2
+
+
+def test_a_cluster_ready_config_gets_no_warning(tmp_path, capsys):
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(
+        "run:\n  ledger_path: /mnt/recsynth-ledger/privacy-ledger.jsonl\n"
+        "deploy:\n  start_servers: false\n"
+    )
+    code, sent, err = _dry(capsys, "--config", str(cluster))
+    assert code == 0
+    assert sent["warnings"] == [] and "warning" not in err
