@@ -247,6 +247,23 @@ class Job:
 # sampling ---------------------------------------------------------------------------------------
 
 
+# float32 -inf as int32 bits (0xff800000)
+_NEG_INF_BITS = np.float32(-np.inf).view(np.int32)
+
+
+def _mask_bias(allowed: np.ndarray) -> np.ndarray:
+    """float32 [rows, vocab]: 0 where ``allowed``, -inf elsewhere, to add to the logits.
+
+    Built from bits (True -> 1 - 1 = 0 -> +0.0; False -> -1 & 0xff800000 -> -inf): the same
+    masking as ``np.where(allowed, logits, -inf)``, which measures 2x (float32) to 9x (float64)
+    slower at 32 rows of a 3,447-token vocabulary.
+    """
+    bits = allowed.astype(np.int32)
+    bits -= 1
+    bits &= _NEG_INF_BITS
+    return bits.view(np.float32)
+
+
 def sample_rows(
     logits: np.ndarray,
     allowed: np.ndarray,
@@ -275,14 +292,20 @@ def sample_rows(
     Returns:
         int64 [rows] token ids.
     """
-    z = np.where(allowed, logits.astype(np.float64), -np.inf)
-    picks = np.argmax(z, axis=1).astype(np.int64)
+    bias = _mask_bias(allowed)
     hot = temperature > 0.0
     if not hot.any():
-        return picks
+        # Greedy only: the argmax in the logits' own dtype (widening float32 is exact, so the
+        # picks equal the float64 ones), without a float64 copy of every row.
+        return np.argmax(logits + bias, axis=1).astype(np.int64)
+    z = logits.astype(np.float64)
+    z += bias
+    picks = np.argmax(z, axis=1).astype(np.int64)
     idx = np.flatnonzero(hot)
-    z = z[idx]
-    z = (z - z.max(axis=1, keepdims=True)) / temperature[idx, None]
+    if idx.size < z.shape[0]:
+        z = z[idx]
+    z -= z.max(axis=1, keepdims=True)
+    z /= temperature[idx, None]
     k = top_k[idx]
     cut = np.flatnonzero(k > 0)
     if cut.size:
@@ -290,11 +313,13 @@ def sample_rows(
         kk = np.minimum(k[cut], np.isfinite(zc).sum(axis=1))
         kth = -np.sort(-zc, axis=1)[np.arange(cut.size), kk - 1]
         z[cut] = np.where(zc >= kth[:, None], zc, -np.inf)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
+    # Unnormalised probabilities (the best allowed token has 1): the draw below scales by each
+    # row's total, so only top-p needs them to sum to 1.
+    p = np.exp(z, out=z)
     nucleus = np.flatnonzero(top_p[idx] < 1.0)
     if nucleus.size:
         pn = p[nucleus]
+        pn /= pn.sum(axis=1, keepdims=True)
         order = np.argsort(-pn, axis=1, kind="stable")
         sorted_p = np.take_along_axis(pn, order, axis=1)
         # keep a token while the mass before it is still below top_p (so the first always stays)
@@ -490,10 +515,16 @@ def generate(
     top_k = np.repeat([job.top_k or 0 for job in jobs], per_job)
     top_p = np.repeat([job.top_p or 1.0 for job in jobs], per_job)
     # Each job draws its uniforms up front from its own generator, one per row and step, so its
-    # seeded sessions do not depend on what else is batched with it.
+    # seeded sessions do not depend on what else is batched with it. A greedy job never reads
+    # its draws (nor does a forced token's row), so it gets zeros without a generator.
     steps = int((script_len - start + max_items).max()) + 1
     uniforms = np.concatenate(
-        [np.random.default_rng(job.seed).random((steps, job.n)).T for job in jobs]
+        [
+            np.random.default_rng(job.seed).random((steps, job.n)).T
+            if job.temperature > 0.0
+            else np.zeros((job.n, steps))
+            for job in jobs
+        ]
     )
 
     total = int(sum(per_job))

@@ -12,7 +12,7 @@ import serving_builders as b
 
 from serving.binding import check_host
 from serving.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge
-from serving.generator import GeneratorModel, Vocab, sample_tokens
+from serving.generator import GeneratorModel, Vocab, _mask_bias, sample_rows, sample_tokens
 from serving.onnx_session import CPU, check_io, create_session
 from serving.recommender import Catalogue, RecommenderModel
 from serving.server import _field_from_loc
@@ -50,6 +50,40 @@ def test_greedy_and_top_k_1_pick_the_best_allowed_token():
     assert greedy.tolist() == [2, 1]  # ties go to the lower id
     assert top1[0] == 2
     assert top1[1] in (1, 2)  # a tie at the cut keeps both
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_masking_picks_what_np_where_masking_picks(dtype):
+    """The bit-built -inf bias (and float32 greedy) equals masking with np.where, draw for draw."""
+    rng = np.random.default_rng(3)
+    rows, vocab = 48, 257
+    logits = rng.normal(size=(rows, vocab)).astype(dtype) * 4
+    logits[:, 10] = logits[:, 11] = 50.0  # a tie on the best token: the lower id wins
+    allowed = rng.random((rows, vocab)) < 0.3
+    allowed[: rows // 2, 10], allowed[:, 11] = False, True  # half see only the later twin
+    allowed[rows // 2 :, 10] = True
+    allowed[:, 200] = True
+    assert (_mask_bias(allowed) == np.where(allowed, 0.0, -np.inf)).all()
+    temperature = np.where(np.arange(rows) % 3 == 0, 0.0, 0.8)  # greedy and sampled rows
+    u = rng.random(rows)
+    picks = sample_rows(
+        logits,
+        allowed,
+        temperature=temperature,
+        top_k=np.zeros(rows, np.int64),
+        top_p=np.ones(rows),
+        u=u,
+    )
+    z = np.where(allowed, logits.astype(np.float64), -np.inf)
+    best = np.argmax(z, axis=1)
+    greedy = temperature == 0.0
+    assert (picks[greedy] == best[greedy]).all()
+    assert (best[: rows // 2] == 11).all() and (best[rows // 2 :] == 10).all()
+    p = np.exp((z - z.max(axis=1, keepdims=True)) / 0.8)
+    cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
+    want = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1)
+    assert (picks[~greedy] == want[~greedy]).all()
+    assert allowed[np.arange(rows), picks].all()
 
 
 def test_sampling_follows_the_softmax():
