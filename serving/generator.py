@@ -255,8 +255,8 @@ def _mask_bias(allowed: np.ndarray) -> np.ndarray:
     """float32 [rows, vocab]: 0 where ``allowed``, -inf elsewhere, to add to the logits.
 
     Built from bits (True -> 1 - 1 = 0 -> +0.0; False -> -1 & 0xff800000 -> -inf): the same
-    masking as ``np.where(allowed, logits, -inf)``, which measures 2x (float32) to 9x (float64)
-    slower at 32 rows of a 3,447-token vocabulary.
+    masking as ``np.where(allowed, logits, -inf)``, which measured about 2x slower than building
+    and adding this bias at 32 rows of a 3,447-token vocabulary.
     """
     bits = allowed.astype(np.int32)
     bits -= 1

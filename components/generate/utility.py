@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 
 from components.common.ids import ItemMap
 from components.common.recommender_model import TEXT_DIM
+from components.fuse.logic import popularity
 from components.generate.tokenizer import Session
 from components.train.config import TrainConfig
 from components.train.data import TrainingSet, next_item_records
@@ -110,20 +110,18 @@ def recommender_utility(
         "epochs": epochs,
     }
 
-    real_counts: Counter = Counter()
-    for session in train:
-        real_counts.update(session.items)
-    popularity = np.zeros(len(item_map) + 1)
-    for item, count in real_counts.items():
-        if item in item_map:
-            popularity[item_map.index(item)] = count
+    encoded_sources = {
+        name: [item_map.encode(s.items, skip_unknown=True) for s in sessions]
+        for name, sessions in (("synthetic_only", synthetic), ("real_only", train))
+    }
+    # Sessions never repeat an item, so sessions holding an item = its count in them.
+    counts = popularity(item_map, encoded_sources["real_only"])
     out["popularity"] = evaluate_scorer(
-        popularity_scores(popularity, len(targets)), histories, targets, K
+        popularity_scores(counts, len(targets)), histories, targets, K
     )
 
-    for name, sessions in (("synthetic_only", synthetic), ("real_only", train)):
-        sequences = [item_map.encode(s.items, skip_unknown=True) for s in sessions]
-        sequences = [s for s in sequences if len(s) >= 2]
+    for name, encoded in encoded_sources.items():
+        sequences = [s for s in encoded if len(s) >= 2]
         if not sequences or not targets:
             out[name] = {f"hr@{K}": 0.0, f"ndcg@{K}": 0.0, "n_sequences": len(sequences)}
             continue

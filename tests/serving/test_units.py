@@ -78,6 +78,15 @@ def test_fast_masking_picks_what_np_where_masking_picks(dtype):
     best = np.argmax(z, axis=1)
     greedy = temperature == 0.0
     assert (picks[greedy] == best[greedy]).all()
+    every_row_greedy = sample_rows(  # the float32 shortcut taken when no row samples
+        logits,
+        allowed,
+        temperature=np.zeros(rows),
+        top_k=np.zeros(rows, np.int64),
+        top_p=np.ones(rows),
+        u=u,
+    )
+    assert (every_row_greedy == best).all()
     assert (best[: rows // 2] == 11).all() and (best[rows // 2 :] == 10).all()
     p = np.exp((z - z.max(axis=1, keepdims=True)) / 0.8)
     cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
