@@ -90,6 +90,16 @@ def _configs(quick: bool) -> tuple[Any, Any]:
     return cfg.ingest, gen
 
 
+def no_dp_batch(batch_size: int, learning_rate: float) -> tuple[int, float]:
+    """The batch and learning rate a non-DP generator trains with, from the DP settings.
+
+    At most ``NO_DP_BATCH``; when cut, Adam's rate is scaled by sqrt(new batch / old batch).
+    """
+    if batch_size <= NO_DP_BATCH:
+        return batch_size, learning_rate
+    return NO_DP_BATCH, learning_rate * (NO_DP_BATCH / batch_size) ** 0.5
+
+
 def _generate_config(base: Any, epsilon: float | None) -> Any:
     from components.generate.config import GenerateConfig
 
@@ -97,10 +107,10 @@ def _generate_config(base: Any, epsilon: float | None) -> Any:
     raw["dp"]["enabled"] = epsilon is not None
     if epsilon is not None:
         raw["dp"]["target_epsilon"] = epsilon
-    elif raw["batch_size"] > NO_DP_BATCH:
-        ratio = NO_DP_BATCH / raw["batch_size"]
-        raw["learning_rate"] = raw["learning_rate"] * ratio**0.5
-        raw["batch_size"] = NO_DP_BATCH
+    else:
+        raw["batch_size"], raw["learning_rate"] = no_dp_batch(
+            raw["batch_size"], raw["learning_rate"]
+        )
     return GenerateConfig.model_validate(raw)
 
 

@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from bench.generator import NO_DP_BATCH, no_dp_batch
 from components.common import artifacts as art
 from components.common.errors import ConfigError, InputError
 from components.common.privacy import default_delta
@@ -179,8 +180,6 @@ EPOCH_SECONDS: dict[str, tuple[float, float]] = {
 EVAL_SECONDS = {"online_retail": 1.5, "amazon_beauty": 19.0, "diginetica": 1.0}
 # The demo's generator (small, 3 epochs), 2000 sessions of at most 32 tokens: CPU s per epoch.
 GENERATOR_EPOCH_SECONDS = 40.0
-GENERATE_LR = 1e-2  # GenerateConfig's default learning rate (at batch 256)
-NO_DP_GEN_BATCH = 32
 # Epochs the early-stopped (non-DP) trainings ran on this machine, for the estimate only.
 EXPECTED_EARLY_EPOCHS = {"online_retail": 14, "amazon_beauty": 12, "diginetica": 8}
 PROTOCOL_NOTES = {
@@ -356,9 +355,9 @@ def _synthetic(
     # Without DP the generator trains the same epochs in ordinary small batches (as
     # bench.generator's no-DP row): DP-SGD needs large batches to drown its noise, plain training
     # does not, and 39 steps of 256 left it at the unigram distribution's held-out loss.
-    batch, lr = args.gen_batch_size, GENERATE_LR
-    if eps == "none" and batch > NO_DP_GEN_BATCH:
-        batch, lr = NO_DP_GEN_BATCH, GENERATE_LR * (NO_DP_GEN_BATCH / batch) ** 0.5
+    batch, lr = args.gen_batch_size, GenerateConfig.model_fields["learning_rate"].default
+    if eps == "none":
+        batch, lr = no_dp_batch(batch, lr)
     tag = (
         f"eps{eps}-seed{seed}-{args.gen_size}-e{args.gen_epochs}-b{batch}"
         f"-l{args.gen_max_length}"
@@ -1024,7 +1023,7 @@ def format_header(results: dict[str, Any]) -> str:
         f"jobs {s.get('jobs')}; mix grid weights {s.get('weights')} x amounts {s.get('amounts')} "
         "chosen on validation NDCG@10 (first seed)",
         f"generator: size {s.get('gen_size')}, {s.get('gen_epochs')} epochs, batch "
-        f"{s.get('gen_batch_size')} (without DP {NO_DP_GEN_BATCH}), max length "
+        f"{s.get('gen_batch_size')} (without DP {NO_DP_BATCH}), max length "
         f"{s.get('gen_max_length')}, "
         f"{s.get('n_synthetic')} sessions, "
         + (
